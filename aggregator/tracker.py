@@ -1,0 +1,78 @@
+"""A small IoU tracker with constant-velocity prediction, for faces.
+
+Faces move slowly and rarely overlap, so matching predicted boxes to detections by IoU
+(optimal assignment, scipy's Hungarian solver) keeps identities through crossings and
+short occlusions without a Kalman filter's tuning. A track unseen for `max_gap_s` ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in `a` (N, 4) with every box in `b` (M, 4); boxes are x, y, w, h."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    inter = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) * \
+        np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return (inter / np.maximum(union, 1e-9)).astype(np.float32)
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: np.ndarray  # last seen x, y, w, h
+    last_time: float
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # px/s of the box origin
+
+    def predict(self, time_s: float) -> np.ndarray:
+        box = self.box.copy()
+        box[:2] += self.velocity * (time_s - self.last_time)
+        return box
+
+
+class FaceTracker:
+    """`update(time_s, boxes) -> track ids` for one stream; call a new tracker per source."""
+
+    def __init__(self, max_gap_s: float = 1.0, min_iou: float = 0.2, velocity_smoothing: float = 0.5) -> None:
+        self.max_gap_s = max_gap_s
+        self.min_iou = min_iou
+        self.velocity_smoothing = velocity_smoothing
+        self.tracks: list[_Track] = []
+        self.next_id = 1
+
+    def update(self, time_s: float, boxes: np.ndarray) -> list[int]:
+        self.tracks = [t for t in self.tracks if time_s - t.last_time <= self.max_gap_s]
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        ids = [0] * len(boxes)
+        unmatched = set(range(len(boxes)))
+        if self.tracks and len(boxes):
+            predicted = np.stack([t.predict(time_s) for t in self.tracks])
+            iou = iou_matrix(predicted, boxes)
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols):
+                if iou[r, c] >= self.min_iou:
+                    self._advance(self.tracks[r], time_s, boxes[c])
+                    ids[c] = self.tracks[r].track_id
+                    unmatched.discard(c)
+        for c in sorted(unmatched):
+            self.tracks.append(_Track(self.next_id, boxes[c].copy(), time_s))
+            ids[c] = self.next_id
+            self.next_id += 1
+        return ids
+
+    def _advance(self, track: _Track, time_s: float, box: np.ndarray) -> None:
+        dt = time_s - track.last_time
+        if dt > 0:
+            measured = (box[:2] - track.box[:2]) / dt
+            k = self.velocity_smoothing
+            track.velocity = (k * measured + (1 - k) * track.velocity).astype(np.float32)
+        track.box = box.copy()
+        track.last_time = time_s

@@ -1,0 +1,74 @@
+"""Classifier stage entry: Faces in, Classified out.
+
+Crops from several frames (and streams) are gathered into one batch until `max_batch`
+faces are waiting or the oldest has waited `max_wait_ms`: one model call per batch
+instead of one per face is what makes the CNN cheap on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from emojimation.config import ClassifierConfig
+from emojimation.messages import Classified, Faces, Message
+from emojimation.model_io import EmotionModel, configure_tensorflow_threads
+from emojimation.runtime import StageIO
+
+logger = logging.getLogger(__name__)
+
+
+def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified]:
+    crops = [m.crops for m in pending if len(m.crops)]
+    probs = model.probabilities(np.concatenate(crops)) if crops else np.zeros((0, 7), np.float32)
+    results, offset = [], 0
+    for message in pending:
+        n = len(message.crops)
+        results.append(Classified(
+            stream=message.stream, seq=message.seq, source_time=message.source_time,
+            capture_time=message.capture_time, frame_index=message.frame_index, error=message.error,
+            boxes=message.boxes, scores=message.scores, crops=message.crops,
+            probs=probs[offset:offset + n].astype(np.float32),
+        ))
+        offset += n
+    return results
+
+
+def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
+    stop = stop or threading.Event()
+    configure_tensorflow_threads(config.threads, 1)
+    flip = {"auto": None, "on": True, "off": False}[config.flip_tta]
+    model = EmotionModel(config.model or None, flip_tta=flip)
+    model.probabilities(np.zeros((1, 48, 48), np.uint8))  # trace once before reporting ready
+    io = StageIO("classifier", config.connect, config.bind, config.status)
+    pending: list[Faces] = []
+    waiting_since = 0.0
+    batches = faces_classified = 0
+    try:
+        io.report("ready", model=str(model.path))
+        while not stop.is_set():
+            timeout = 200 if not pending else max(0, int(config.max_wait_ms - (time.monotonic() - waiting_since) * 1000))
+            message: Message | None = io.receive(timeout)
+            if isinstance(message, Faces) and not isinstance(message, Classified):
+                if not pending:
+                    waiting_since = time.monotonic()
+                pending.append(message)
+            elif message is not None:
+                io.send(message, stop)  # stream control passes through
+            queued = sum(len(m.crops) for m in pending)
+            due = pending and (queued >= config.max_batch or
+                               (time.monotonic() - waiting_since) * 1000 >= config.max_wait_ms)
+            if due:
+                for result in classify_batch(model, pending):
+                    if not io.send(result, stop):
+                        break
+                batches += 1
+                faces_classified += queued
+                pending = []
+        return 0
+    finally:
+        io.report("stopped", batches=batches, faces=faces_classified, **io.counters.as_dict())
+        io.close()

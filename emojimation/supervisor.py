@@ -1,0 +1,279 @@
+"""Starts the stage processes, watches them, and reports progress and results.
+
+Each stage is a separate OS process (`python -m emojimation <stage> ...`) joined by
+ZeroMQ. Every stage binds its output and connects to its upstreams' outputs, and all
+report to the supervisor's status socket. A stage that dies or a pipeline that stalls ends
+the run with a one-line error within seconds; every child is gone when `stop()` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from emojimation.errors import EmojimationError
+from emojimation.messages import MessageError, Status, decode
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 4.0
+
+
+class PipelineError(EmojimationError):
+    """The pipeline itself failed (a stage died or stalled), as opposed to one bad input."""
+
+
+def free_tcp_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def last_log_line(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        errors = [line for line in lines if " ERROR " in line or "Error" in line]
+        return (errors or lines or [""])[-1].strip()[:300]
+
+
+@dataclass
+class StreamResult:
+    index: int
+    path: str
+    status: str = "pending"  # pending | started | done | failed
+    source_id: int | None = None
+    expected_frames: int = 0
+    frames_analysed: int = 0
+    error: str = ""
+
+
+@dataclass
+class Addresses:
+    ingest: str
+    detectors: list[str]
+    classifiers: list[str]
+    status: str
+
+
+class Supervisor:
+    """Runs one set of stage processes; use as a context manager so children never leak."""
+
+    def __init__(self, work_dir: Path | None = None, transport: str = "ipc") -> None:
+        self.work_dir = Path(tempfile.mkdtemp(prefix="emojimation-")) if work_dir is None else work_dir
+        self.owns_work_dir = work_dir is None
+        self.transport = transport
+        self.children: list[Child] = []
+        self.context = zmq.Context()
+        self.status_socket = self.context.socket(zmq.PULL)
+        self.status_socket.setsockopt(zmq.LINGER, 0)
+        self.status_address = self.address("status")
+        self.status_socket.bind(self.status_address)
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1",
+                    "PYTHONUNBUFFERED": "1"}
+
+    def address(self, name: str) -> str:
+        if self.transport == "tcp":
+            return free_tcp_address()
+        return f"ipc://{self.work_dir / name}.sock"
+
+    def addresses(self, detectors: int, classifiers: int) -> Addresses:
+        return Addresses(
+            ingest=self.address("ingest"),
+            detectors=[self.address(f"detector-{i}") for i in range(detectors)],
+            classifiers=[self.address(f"classifier-{i}") for i in range(classifiers)],
+            status=self.status_address,
+        )
+
+    def spawn(self, name: str, stage_args: list[str]) -> Child:
+        child = Child(name, [sys.executable, "-m", "emojimation", *stage_args])
+        child.log_path = self.work_dir / f"{name}.log"
+        with child.log_path.open("wb") as log:
+            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             env=self.env, start_new_session=True)
+        self.children.append(child)
+        logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(stage_args))
+        return child
+
+    def dead_child(self, ignore: set[str] = frozenset()) -> Child | None:
+        for child in self.children:
+            if child.name not in ignore and child.process is not None and child.process.poll() is not None:
+                return child
+        return None
+
+    def statuses(self, timeout_ms: int) -> list[Status]:
+        """Status reports received within `timeout_ms` (malformed ones are logged and skipped)."""
+        reports: list[Status] = []
+        if not self.status_socket.poll(timeout_ms):
+            return reports
+        while True:
+            try:
+                frames = self.status_socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return reports
+            try:
+                message = decode(frames)
+            except MessageError as error:
+                logger.warning("ignored a malformed status report: %s", error)
+                continue
+            if isinstance(message, Status):
+                reports.append(message)
+
+    def wait_ready(self, names: list[str], timeout_s: float = 120.0) -> None:
+        """Block until each named child has reported `ready` (or fail clearly)."""
+        waiting = set(names)
+        pids = {child.process.pid: child.name for child in self.children if child.process}
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            for report in self.statuses(200):
+                if report.event == "ready":
+                    waiting.discard(pids.get(report.detail.get("pid"), ""))
+            dead = self.dead_child()
+            if dead is not None:
+                raise PipelineError(describe_death(dead))
+            if time.monotonic() > deadline:
+                raise PipelineError(f"stages not ready after {timeout_s:.0f} s: {', '.join(sorted(waiting))}")
+
+    def stop(self) -> None:
+        """SIGTERM every child, then SIGKILL what is left after the grace period."""
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s; killing it", child.name, STOP_GRACE_S)
+                child.process.kill()
+                child.process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.status_socket.close()
+        self.context.term()
+        if self.owns_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe_death(child: Child) -> str:
+    code = child.process.returncode if child.process else None
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    detail = child.last_log_line()
+    return f"{child.name} stopped unexpectedly ({how})" + (f": {detail}" if detail else "")
+
+
+def stage_args(stage: str, connect: list[str], bind: str, status: str, extra: dict[str, Any]) -> list[str]:
+    """CLI arguments that start `stage` with these addresses and options."""
+    args = [stage]
+    for address in connect:
+        args += ["--connect", address]
+    if bind:
+        args += ["--bind", bind]
+    args += ["--status", status]
+    for key, value in extra.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+        elif isinstance(value, list):
+            args += [flag, *map(str, value)] if value else []
+        elif value not in (None, ""):
+            args += [flag, str(value)]
+    return args
+
+
+@dataclass
+class FileRun:
+    """One `analyse` run over files: the stage processes, results per input, progress."""
+
+    supervisor: Supervisor
+    inputs: list[str]
+    options: dict[str, Any]
+    on_progress: Callable[[int], None] = lambda frames: None
+    results: list[StreamResult] = field(default_factory=list)
+
+    def start(self) -> None:
+        opts = self.options
+        links = self.supervisor.addresses(opts["detector_workers"], opts["workers"])
+        self.results = [StreamResult(i, path) for i, path in enumerate(self.inputs)]
+        spawn = self.supervisor.spawn
+        spawn("aggregator", stage_args("aggregator", links.classifiers, "", links.status,
+                                       {"store": opts["store"], "thumbnails": opts["thumbnails"]}))
+        for i, address in enumerate(links.classifiers):
+            spawn(f"classifier-{i}", stage_args("classifier", links.detectors, address, links.status,
+                                                {"model": opts["model"], "threads": opts.get("classifier_threads", 1)}))
+        for i, address in enumerate(links.detectors):
+            spawn(f"detector-{i}", stage_args("detector", [links.ingest], address, links.status,
+                                              {"detector": opts["detector"]}))
+        stages = [c.name for c in self.supervisor.children]
+        self.supervisor.wait_ready(stages)
+        fps_args = {"every_frame": True} if opts["every_frame"] else {"fps": opts["fps"]}
+        spawn("ingest", stage_args("ingest", [], links.ingest, links.status,
+                                   {**fps_args, "max_side": opts["max_side"], "stream_prefix": "in",
+                                    "inputs": self.inputs}))
+
+    def wait(self, stall_timeout_s: float = 60.0) -> list[StreamResult]:
+        by_stream = {f"in/{r.index}": r for r in self.results}
+        ingest_done = False
+        last_progress = time.monotonic()
+        while True:
+            for report in self.supervisor.statuses(200):
+                result = by_stream.get(report.stream)
+                last_progress = time.monotonic()
+                if report.event == "finished" and report.stage == "ingest":
+                    ingest_done = True
+                if result is None:
+                    continue
+                if report.event == "input-started":
+                    result.status, result.expected_frames = "started", int(report.detail.get("expected_frames", 0))
+                elif report.event == "input-failed":
+                    result.status, result.error = "failed", report.detail.get("error", "failed")
+                elif report.event in ("progress", "done"):
+                    advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
+                    result.frames_analysed += advanced
+                    result.source_id = report.detail.get("source_id", result.source_id)
+                    if advanced:
+                        self.on_progress(advanced)
+                    if report.event == "done":
+                        result.status = "done"
+                elif report.event == "failed":
+                    result.status, result.error = "failed", report.detail.get("error", "failed")
+                    result.source_id = report.detail.get("source_id", result.source_id)
+            if ingest_done and all(r.status in ("done", "failed") for r in self.results):
+                return self.results
+            dead = self.supervisor.dead_child(ignore={"ingest"})
+            if dead is not None:
+                raise PipelineError(describe_death(dead))
+            ingest = next(c for c in self.supervisor.children if c.name == "ingest")
+            if ingest.process.poll() is not None and not ingest_done and ingest.process.returncode not in (0, 1):
+                raise PipelineError(describe_death(ingest))
+            if time.monotonic() - last_progress > stall_timeout_s:
+                raise PipelineError(f"no progress for {stall_timeout_s:.0f} s; the pipeline is stuck")

@@ -1,0 +1,136 @@
+"""Ingest stage entry: stream each input as Start, Frame..., End on the output socket.
+
+File inputs block when downstream is full (nothing is lost). A failed input ends its
+stream with an End carrying the error, so downstream discards its partial results.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from emojimation.config import IngestConfig
+from emojimation.errors import DataError
+from emojimation.messages import End, Frame, Start
+from emojimation.runtime import StageIO, redact
+from ingest.media import (
+    MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def stream_id(prefix: str, index: int) -> str:
+    return f"{prefix}/{index}"
+
+
+def _scaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    height, width = image.shape[:2]
+    size = output_size(width, height, max_side)
+    if size == (width, height):
+        return image, 1.0
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), width / size[0]
+
+
+def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event) -> End:
+    started = time.time()
+    sent = 0
+    for index, path in enumerate(info.images):
+        if stop.is_set():
+            return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
+        try:
+            image = read_image(path)
+        except DataError as error:
+            return End(stream=stream, seq=sent + 1, frames_sent=sent, error=str(error))
+        image, scale = _scaled(image, config.max_side)
+        frame = Frame(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
+                      frame_index=index, scale=scale, image=image)
+        if not io.send(frame, stop):
+            return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
+        sent += 1
+    return End(stream=stream, seq=sent + 1, frames_sent=sent)
+
+
+def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event) -> End:
+    ratio = None if config.every_frame else sampling_ratio(info.fps, config.fps)
+    width, height = output_size(info.width, info.height, config.max_side)
+    args = ffmpeg_video_args(info.path, ratio, (width, height), (info.width, info.height))
+    frame_bytes = width * height * 3
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
+    started = time.time()
+    sent, index = 0, 0
+    scale = info.width / width
+    try:
+        while not stop.is_set():
+            raw = process.stdout.read(frame_bytes)
+            if len(raw) < frame_bytes:
+                break
+            while not is_selected(index, ratio):
+                index += 1
+            image = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+            source_time = index / info.fps
+            frame = Frame(stream=stream, seq=sent + 1, source_time=source_time, capture_time=started + source_time,
+                          frame_index=index, scale=scale, image=image)
+            if not io.send(frame, stop):
+                break
+            sent += 1
+            index += 1
+    finally:
+        if stop.is_set():
+            process.kill()
+        code = process.wait()
+        reader.join(timeout=5)
+    if stop.is_set():
+        return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
+    message = b"".join(errors).decode(errors="replace").strip().splitlines()
+    if code != 0 or sent == 0:
+        detail = message[-1] if message else (f"ffmpeg exited with code {code}" if code else "no frames decoded")
+        return End(stream=stream, seq=sent + 1, frames_sent=sent, error=f"{info.path}: decoding failed ({detail})")
+    return End(stream=stream, seq=sent + 1, frames_sent=sent)
+
+
+def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop: threading.Event) -> bool:
+    """Send one input's stream; False if it failed (the End message says why)."""
+    try:
+        info = probe(path)
+    except DataError as error:
+        logger.error("%s", error)
+        io.report("input-failed", stream, input=path, error=str(error))
+        return False
+    ratio = None if (config.every_frame or info.kind == "image") else sampling_ratio(info.fps, config.fps)
+    start = Start(stream=stream, seq=0, capture_time=time.time(), kind=info.kind, uri=path, name=path,
+                  source_fps=info.fps, width=info.width, height=info.height,
+                  expected_frames=expected_frames(info.frames, ratio) if info.kind == "video" else info.frames,
+                  options={"fps": None if config.every_frame else config.fps})
+    io.report("input-started", stream, input=path, expected_frames=start.expected_frames, kind=info.kind)
+    if not io.send(start, stop):
+        return False
+    logger.info("streaming %s as %s (%s, %d frames to analyse)", redact(path), stream, info.kind,
+                start.expected_frames)
+    end = (_stream_images if info.kind == "image" else _stream_video)(io, stream, info, config, stop)
+    io.send(end, stop)
+    if end.error:
+        logger.error("%s", end.error)
+    return not end.error
+
+
+def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
+    """Stream every input in order; exit code 0 if all succeeded, 1 otherwise."""
+    stop = stop or threading.Event()
+    io = StageIO("ingest", [], config.bind, config.status)
+    try:
+        io.report("ready")
+        results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop)
+                   for i, path in enumerate(config.inputs)]
+        io.report("finished", inputs=len(results), failed=results.count(False))
+        return 0 if all(results) else 1
+    finally:
+        io.close()

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: install what is needed (system packages included), then run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Training and evaluation of Emojimation's emotion CNN (imports only the core)."""

@@ -1,0 +1,274 @@
+"""`emojimation train`: train the emotion CNN on FER2013, resumably, and calibrate it.
+
+Output folder (default `models/`):
+  emojimation_cnn.keras / .json   best model by hold-out accuracy (float32) + metadata
+  history.csv, learning_curve.png  one row per epoch (train and hold-out loss/accuracy)
+  checkpoints/                     per-epoch backup; a killed run resumes from the last finished epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
+from emojimation.errors import DataError
+from emojimation.model_io import PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, metadata_path, quiet_tensorflow
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "fer2013"
+MODEL_FILENAME = "emojimation_cnn.keras"
+
+
+@dataclass
+class TrainConfig:
+    data: Path = DEFAULT_DATA
+    split: str = "train"
+    out: Path = PROJECT_ROOT / "models"
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 2
+    holdout_fraction: float = 0.05
+    class_weight_power: float = 0.3  # 0 = none, 1 = inverse frequency; mild keeps accuracy
+    width: int = 32
+    seed: int = 0
+    limit: int | None = None  # train on the first N faces of a shuffled subset (tests, smoke runs)
+    restart: bool = False  # ignore existing checkpoints and start over
+    precision: str = "auto"  # auto | bfloat16 | float32
+    threads: int | None = None
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    weights = (np.median(counts) / np.maximum(counts, 1)) ** power
+    return (weights / (weights * counts).sum() * counts.sum()).astype(np.float32)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood (golden-section search on log T)."""
+
+    def nll(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(labels)), labels].mean())
+
+    lo, hi = math.log(0.2), math.log(10.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2)
+
+
+def _plot_history(history_csv: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with history_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("loss", "train"), ("holdout_loss", "hold-out")):
+        ax_loss.plot(epochs, [float(r[key]) for r in rows], label=label)
+    for key, label in (("accuracy", "train"), ("holdout_accuracy", "hold-out")):
+        ax_acc.plot(epochs, [float(r[key]) for r in rows], label=label)
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.set(title="accuracy", xlabel="epoch")
+    ax_loss.legend()
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def run(config: TrainConfig) -> Path:
+    """Train (or resume), then write the float32 model, its metadata, history and curve."""
+    from training.data import load_faces, stratified_holdout
+
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    from training.augment import augment_batch
+    from training.model import make_model
+
+    configure_tensorflow_threads(config.threads, 1 if config.threads else None)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backup_dir = out / "checkpoints"
+    state_path = backup_dir / "state.json"
+    history_csv = out / "history.csv"
+    if config.restart and backup_dir.exists():
+        shutil.rmtree(backup_dir)
+        history_csv.unlink(missing_ok=True)
+
+    faces = load_faces(config.data, config.split, require_all=True)
+    images, labels = faces.images, faces.labels
+    if config.limit:
+        pick = np.random.default_rng(config.seed).permutation(len(labels))[: config.limit]
+        images, labels = images[np.sort(pick)], labels[np.sort(pick)]
+    train_idx, hold_idx = stratified_holdout(labels, config.holdout_fraction, config.seed)
+    if len(np.unique(labels[train_idx])) < NUM_EMOTIONS:
+        raise DataError(f"{config.data}: every emotion needs training images after the hold-out split")
+    x_train, y_train = images[train_idx][..., None], labels[train_idx]
+    x_hold, y_hold = images[hold_idx][..., None].astype(np.float32), labels[hold_idx]
+    weights = class_weights(np.bincount(y_train, minlength=NUM_EMOTIONS), config.class_weight_power)
+
+    keras.utils.set_random_seed(config.seed)
+    bf16 = config.precision == "bfloat16" or (config.precision == "auto" and cpu_has_bf16())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 100,
+        decay_steps=max(1, (config.epochs - config.warmup_epochs) * steps_per_epoch),
+        warmup_target=config.learning_rate,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+        alpha=0.01,
+    )
+    model = make_model(width=config.width)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+    def to_training_example(x, y):
+        return x, tf.one_hot(y, NUM_EMOTIONS), tf.gather(weights, y)
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(y_train), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(lambda x, y: (augment_batch(tf.cast(x, tf.float32)), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(to_training_example)
+        .prefetch(2)
+    )
+    hold_ds = tf.data.Dataset.from_tensor_slices((x_hold, tf.one_hot(y_hold, NUM_EMOTIONS))).batch(256)
+
+    best_path = backup_dir / "best.weights.h5"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"best_holdout_accuracy": -1.0}
+
+    class EpochReport(keras.callbacks.Callback):
+        """One line per epoch, the history CSV, and the best-by-hold-out weights (resume-safe)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {
+                "epoch": epoch + 1,
+                "loss": logs["loss"], "accuracy": logs["accuracy"],
+                "holdout_loss": logs["val_loss"], "holdout_accuracy": logs["val_accuracy"],
+                "learning_rate": float(schedule(self.model.optimizer.iterations)),
+                "seconds": time.perf_counter() - self.started,
+            }
+            new_file = not history_csv.exists()
+            with history_csv.open("a", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(row))
+                if new_file:
+                    writer.writeheader()
+                writer.writerow(row)
+            if row["holdout_accuracy"] > state["best_holdout_accuracy"]:
+                state.update(best_holdout_accuracy=row["holdout_accuracy"], best_epoch=row["epoch"])
+                self.model.save_weights(best_path)
+            state["last_epoch"] = row["epoch"]
+            tmp = state_path.with_name("state.json.tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, state_path)
+            print(
+                f"epoch {row['epoch']}/{config.epochs}  train loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
+                f"  hold-out loss {row['holdout_loss']:.4f} acc {row['holdout_accuracy']:.4f}"
+                f"  lr {row['learning_rate']:.2e}  {row['seconds']:.0f}s",
+                flush=True,
+            )
+
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    if state.get("last_epoch"):
+        print(f"resuming after epoch {state['last_epoch']} from {backup_dir}", flush=True)
+        _trim_history(history_csv, state["last_epoch"])
+    print(
+        f"training on {len(y_train)} faces, hold-out {len(y_hold)}, {steps_per_epoch} steps/epoch,"
+        f" {'mixed_bfloat16' if bf16 else 'float32'}, {model.count_params():,} parameters",
+        flush=True,
+    )
+    model.fit(
+        train_ds,
+        epochs=config.epochs,
+        validation_data=hold_ds,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir / "backup"), delete_checkpoint=False), EpochReport()],
+    )
+
+    # Ship float32: rebuild under the float32 policy and copy the best weights in.
+    keras.mixed_precision.set_global_policy("float32")
+    final = make_model(width=config.width)
+    final.load_weights(best_path)
+    model_path = out / MODEL_FILENAME
+    tmp_model = out / f".{MODEL_FILENAME}.tmp.keras"
+    final.save(tmp_model)
+    os.replace(tmp_model, model_path)
+    hold_logits = final.predict(x_hold, batch_size=256, verbose=0)
+    temperature = fit_temperature(hold_logits, y_hold)
+    ModelInfo(
+        temperature=temperature,
+        extra={
+            "name": "emojimation_cnn",
+            "trained_on": str(config.data),
+            "best_epoch": state.get("best_epoch"),
+            "holdout_accuracy": state.get("best_holdout_accuracy"),
+            "train_config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        },
+    ).save(metadata_path(model_path))
+    _plot_history(history_csv, out / "learning_curve.png")
+    print(f"saved {model_path} (best epoch {state.get('best_epoch')}, hold-out acc "
+          f"{state.get('best_holdout_accuracy'):.4f}, temperature {temperature:.3f})", flush=True)
+    return model_path
+
+
+def _trim_history(history_csv: Path, last_epoch: int) -> None:
+    """Drop rows past the last finished epoch (a kill between CSV write and backup)."""
+    if not history_csv.exists():
+        return
+    with history_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if len(kept) != len(rows) and rows:
+        with history_csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+if __name__ == "__main__":  # pragma: no cover - `emojimation train` is the entry point
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(0 if run(TrainConfig()) else 1)
