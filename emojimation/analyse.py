@@ -124,6 +124,7 @@ def analyse_command(config: AnalyseConfig) -> int:
         if config.annotate:
             from emojimation.annotate import annotate_videos
 
+            Path(config.out).mkdir(parents=True, exist_ok=True)
             extra = annotate_videos(results, Path(config.out))
     results.summary["elapsed_s"] = round(time.monotonic() - started, 3)
     written = write(results, Path(config.out), extra)

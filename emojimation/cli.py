@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import typing
@@ -69,7 +70,13 @@ def _stage_command(section: str, cls: type, runner: Callable[[Any, Any], int]) -
 
         setup_logging(args.log_level, f"emojimation.{section}")
         config = cfg.load(cls, section, args.config, _overrides(args, cls))
-        return runner(config, stop_event_on_signals())
+        code = runner(config, stop_event_on_signals())
+        # Sockets are closed and results flushed by now. Skip the interpreter's teardown, which
+        # takes seconds once TensorFlow is loaded, so a stopped stage is gone at once.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     return command
 
@@ -159,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="horizontal-flip TTA")
     evaluate.add_argument("--confusion-png", default=None, help="where to save the confusion matrix picture")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    try:  # the dashboard package registers its own subcommand (kept light: Dash loads on use)
+        from dashboard.cli import register as register_dashboard
+    except ImportError:
+        register_dashboard = None
+    if register_dashboard is not None:
+        register_dashboard(sub)
 
     for section, cls, runner, text in (
         ("ingest", cfg.IngestConfig, _run_ingest, "run the ingest stage alone"),

@@ -82,6 +82,8 @@ def write(results: Results, out_dir: Path, extra_files: dict[str, Path] | None =
         (staging / "summary.json").write_text(json.dumps(results.summary, indent=2) + "\n")
         for name, path in (extra_files or {}).items():
             shutil.move(str(path), staging / name)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
         written = []
         names = [p.name for p in staging.iterdir() if p.name != "summary.json"] + ["summary.json"]
         for name in names:

@@ -1,0 +1,98 @@
+"""`--annotate`: an MP4 per analysed video with boxes, track IDs and emotion bars, encoded by ffmpeg."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+
+import cv2
+import ffmpeg
+import numpy as np
+import pandas as pd
+
+from emojimation.emotions import EMOTIONS
+from emojimation.results import Results
+
+logger = logging.getLogger(__name__)
+
+# One BGR colour per emotion, the same hues as the dashboard's palette.
+EMOTION_COLOURS_BGR = {
+    "angry": (40, 39, 214), "disgust": (44, 160, 44), "fear": (189, 103, 148), "happy": (14, 201, 255),
+    "sad": (180, 119, 31), "surprise": (14, 127, 255), "neutral": (127, 127, 127),
+}
+
+
+def draw_faces(image: np.ndarray, faces: pd.DataFrame) -> np.ndarray:
+    """Boxes in the dominant emotion's colour, `#track emotion p`, and a 7-bar probability chart."""
+    for face in faces.itertuples():
+        x, y, w, h = int(face.x), int(face.y), int(face.w), int(face.h)
+        colour = EMOTION_COLOURS_BGR[face.emotion]
+        cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
+        probs = [getattr(face, e) for e in EMOTIONS]
+        label = f"#{face.track_id} {face.emotion} {max(probs):.2f}"
+        cv2.putText(image, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        bar_x = x + w + 4 if x + w + 90 < image.shape[1] else max(0, x - 90)
+        for i, (emotion, p) in enumerate(zip(EMOTIONS, probs)):
+            top = y + i * 12
+            cv2.rectangle(image, (bar_x, top), (bar_x + int(60 * p), top + 9), EMOTION_COLOURS_BGR[emotion], -1)
+            cv2.putText(image, emotion[:3], (bar_x + 62, top + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def annotate_video(path: str, faces: pd.DataFrame, out_path: Path, fps: float, width: int, height: int) -> None:
+    """Every source frame, each showing the faces of the latest analysed frame at or before it."""
+    by_frame = {frame: group for frame, group in faces.groupby("frame")}
+    analysed = np.array(sorted(by_frame))
+    hold_frames = max(1, int(round(fps)))  # boxes older than ~1 s are not drawn
+    decoder = subprocess.Popen(
+        ffmpeg.compile(ffmpeg.input(path).output("pipe:", format="rawvideo", pix_fmt="bgr24")
+                       .global_args("-hide_banner", "-loglevel", "error", "-nostdin")),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    encoder = subprocess.Popen(
+        ffmpeg.compile(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}",
+                                    framerate=fps)
+                       .output(str(out_path), vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", crf=23,
+                               movflags="+faststart")
+                       .global_args("-hide_banner", "-loglevel", "error", "-y")),
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    frame_bytes = width * height * 3
+    index = 0
+    try:
+        while True:
+            raw = decoder.stdout.read(frame_bytes)
+            if len(raw) < frame_bytes:
+                break
+            image = np.frombuffer(raw, np.uint8).reshape(height, width, 3).copy()
+            position = np.searchsorted(analysed, index, side="right") - 1
+            if position >= 0 and index - analysed[position] < hold_frames:
+                draw_faces(image, by_frame[analysed[position]])
+            encoder.stdin.write(image.tobytes())
+            index += 1
+    finally:
+        encoder.stdin.close()
+        decoder.wait()
+        encoder.wait()
+    if encoder.returncode != 0:
+        raise OSError(f"{out_path}: ffmpeg could not encode the annotated video")
+
+
+def annotate_videos(results: Results, out_dir: Path) -> dict[str, Path]:
+    """Annotated MP4s for the video inputs, in a staging folder: {output file name: path}."""
+    from ingest.media import probe
+
+    staging = Path(tempfile.mkdtemp(prefix="emojimation-annotate-"))
+    files: dict[str, Path] = {}
+    for entry in results.summary["inputs"]:
+        if entry["kind"] != "video":
+            continue
+        info = probe(entry["input"])
+        faces = results.detections[results.detections["input"] == entry["input"]]
+        name = f"{Path(entry['input']).stem}.annotated.mp4"
+        if name in files:
+            name = f"{Path(entry['input']).stem}-{len(files)}.annotated.mp4"
+        annotate_video(entry["input"], faces, staging / name, info.fps, info.width, info.height)
+        files[name] = staging / name
+    return files
