@@ -10,28 +10,28 @@ import numpy as np
 
 from emojimation.config import DetectorConfig
 from emojimation.messages import Faces, Frame, Message
-from emojimation.preprocess import DEFAULT_MARGIN, face_input
+from emojimation.preprocess import DETECTOR_CROPS, CropGeometry, face_input
 from emojimation.runtime import StageIO
 from detector.backends import FaceDetector, make_detector
 
 logger = logging.getLogger(__name__)
 
 
-def detect_faces(detector: FaceDetector, frame: Frame, margin: float) -> Faces:
+def detect_faces(detector: FaceDetector, frame: Frame, geometry: CropGeometry) -> Faces:
     """Boxes in source pixels and crops from the frame, through the shared preprocessing."""
     boxes, scores = detector.detect(frame.image)
-    crops = np.stack([face_input(frame.image, tuple(box), margin) for box in boxes]) if len(boxes) else \
-        np.zeros((0, 48, 48), np.uint8)
+    crops = np.stack([face_input(frame.image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
+        if len(boxes) else np.zeros((0, 48, 48), np.uint8)
     return Faces(stream=frame.stream, seq=frame.seq, source_time=frame.source_time,
                  capture_time=frame.capture_time, frame_index=frame.frame_index,
                  boxes=(boxes * frame.scale).astype(np.float32), scores=scores, crops=crops)
 
 
-def handle(message: Message, detector: FaceDetector, margin: float, io: StageIO) -> Message:
+def handle(message: Message, detector: FaceDetector, geometry: CropGeometry, io: StageIO) -> Message:
     if not isinstance(message, Frame):
         return message  # stream control (Start, End) passes through
     try:
-        return detect_faces(detector, message, margin)
+        return detect_faces(detector, message, geometry)
     except (cv2.error, ValueError) as error:
         io.counters.errors += 1
         logger.warning("%s frame %d: detection failed (%s)", message.stream, message.frame_index, error)
@@ -43,13 +43,15 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     cv2.setNumThreads(config.threads)
     detector = make_detector(config.detector, config.min_score, config.min_face, config.threads)
-    margin = DEFAULT_MARGIN if config.margin is None else config.margin
+    geometry = DETECTOR_CROPS[config.detector]
+    if config.margin is not None:
+        geometry = CropGeometry(config.margin, geometry.shift_y)
     io = StageIO("detector", config.connect, config.bind, config.status)
     try:
         io.report("ready", detector=config.detector)
         while not stop.is_set():
             message = io.receive()
-            if message is not None and not io.send(handle(message, detector, margin, io), stop):
+            if message is not None and not io.send(handle(message, detector, geometry, io), stop):
                 break
         return 0
     finally:

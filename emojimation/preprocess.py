@@ -6,18 +6,40 @@ converted to grey and resized to the model's 48x48 input. FER2013 images are alr
 48x48 grey crops, so training passes them with no box and they go through the same
 grey/resize steps unchanged.
 
-The margin was chosen by measurement (see docs/preprocessing.md): FER2013 faces are
-cropped tighter than the boxes OpenCV's Haar cascade and BlazeFace return.
+The crop geometry per detector was chosen by measurement (docs/preprocessing.md): FER2013
+faces are tight crops, and each detector frames a face differently.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 INPUT_SIZE = 48
-# Fraction of the box side removed (negative) or added (positive) on each side before
-# squaring. Measured on FER2013 val faces pasted into larger frames (docs/preprocessing.md).
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a detector's box becomes a FER2013-like crop.
+
+    margin: fraction of the box side added (positive) or removed (negative) on each side.
+    shift_y: the crop centre moves by this fraction of the box height (negative = up).
+    """
+
+    margin: float = 0.0
+    shift_y: float = 0.0
+
+
+# Measured per detector on FER2013 val faces pasted into larger frames (bench/measure_margin.py,
+# docs/preprocessing.md): Haar boxes match FER2013's tight crops; BlazeFace boxes are tighter
+# and sit lower (eyes to mouth), so their crops grow and move up.
+DETECTOR_CROPS: dict[str, CropGeometry] = {
+    "haar": CropGeometry(margin=0.0, shift_y=0.0),
+    "blazeface": CropGeometry(margin=0.1, shift_y=-0.1),
+    "blazeface-full": CropGeometry(margin=0.1, shift_y=-0.05),
+}
 DEFAULT_MARGIN = 0.0
 
 
@@ -35,12 +57,12 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def square_box(
-    box: tuple[float, float, float, float], margin: float = DEFAULT_MARGIN
+    box: tuple[float, float, float, float], margin: float = DEFAULT_MARGIN, shift_y: float = 0.0
 ) -> tuple[int, int, int]:
     """(x, y, side) of the square crop for a detector box (x, y, w, h) in frame pixels."""
     x, y, w, h = box
     side = max(w, h) * (1.0 + 2.0 * margin)
-    cx, cy = x + w / 2.0, y + h / 2.0
+    cx, cy = x + w / 2.0, y + h / 2.0 + shift_y * h
     side_px = max(1, int(round(side)))
     return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_px
 
@@ -49,6 +71,7 @@ def face_input(
     image: np.ndarray,
     box: tuple[float, float, float, float] | None = None,
     margin: float = DEFAULT_MARGIN,
+    shift_y: float = 0.0,
 ) -> np.ndarray:
     """Model input (48, 48) uint8 grey for a face.
 
@@ -58,7 +81,7 @@ def face_input(
     """
     grey = to_grey(image)
     if box is not None:
-        x0, y0, side = square_box(box, margin)
+        x0, y0, side = square_box(box, margin, shift_y)
         height, width = grey.shape
         pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
         if pad:
