@@ -26,6 +26,7 @@ from emojimation.store import FaceRow, Store, TrackRow
 logger = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 0.25
+TRACKS_EVERY_S = 1.0  # live track summaries (segments are recomputed from the whole track)
 MAX_REORDER = 20_000  # messages held waiting for a gap; beyond it the gap is given up as lost
 
 
@@ -43,6 +44,8 @@ class StreamState:
     frames_with_faces: int = 0
     faces: int = 0
     last_time_s: float = 0.0
+    flushed_frames: int = 0
+    tracks_written_at: float = 0.0
 
 
 class Aggregator:
@@ -140,6 +143,7 @@ class Aggregator:
     def _flush(self, state: StreamState) -> None:
         self.store.add_faces(state.source_id, state.rows, self._progress(state))
         state.rows = []
+        state.flushed_frames = state.frames_analysed
         self._report("progress", state.start.stream, source_id=state.source_id,
                      frames_analysed=state.frames_analysed)
 
@@ -175,15 +179,17 @@ class Aggregator:
         self._report("done", stream, source_id=state.source_id, frames_analysed=state.frames_analysed)
 
     def tick(self) -> None:
-        """Periodic work: flush buffered rows so readers see progress."""
-        if time.monotonic() - self.last_flush < FLUSH_EVERY_S:
+        """Periodic work: flush new rows so readers see progress; refresh track summaries less often."""
+        now = time.monotonic()
+        if now - self.last_flush < FLUSH_EVERY_S:
             return
         for state in self.streams.values():
-            if state.rows or state.frames_analysed:
+            if state.frames_analysed != state.flushed_frames:
                 self._flush(state)
-                if state.timelines:
+                if state.timelines and now - state.tracks_written_at >= TRACKS_EVERY_S:
                     self.store.write_tracks(state.source_id, self.track_rows(state))
-        self.last_flush = time.monotonic()
+                    state.tracks_written_at = now
+        self.last_flush = now
 
     def stop(self) -> None:
         """Flush what has arrived; unfinished file sources are marked failed (never shown as done)."""

@@ -63,10 +63,13 @@ class ScheduledFace:
     label: int
 
 
-def compose_clip(path: Path, faces: list[np.ndarray], labels: list[int], seconds_per_face: float = 2.0,
+def compose_clip(path: Path, faces: list[np.ndarray | None], labels: list[int], seconds_per_face: float = 2.0,
                  fps: float = 10.0, size: tuple[int, int] = (640, 360), face_px: int = 160,
                  drift_px_per_s: float = 12.0, seed: int = 0) -> list[ScheduledFace]:
-    """Write an H.264 MP4 where face i is shown from i*seconds_per_face, drifting slowly."""
+    """Write an H.264 MP4 where face i is shown from i*seconds_per_face, drifting slowly.
+
+    A `None` face leaves its stretch of the clip empty (frames without faces).
+    """
     width, height = size
     base = background(width, height, seed)
     frames_per_face = int(round(seconds_per_face * fps))
@@ -85,7 +88,8 @@ def compose_clip(path: Path, faces: list[np.ndarray], labels: list[int], seconds
             x = x0 + int(drift_px_per_s * t) % max(1, span)
             y = y0 + int(8 * np.sin(t / 2))
             frame = base.copy()
-            paste(frame, face, x, y, face_px)
+            if face is not None:
+                paste(frame, face, x, y, face_px)
             encoder.stdin.write(frame.tobytes())
             frame_index += 1
     encoder.stdin.close()

@@ -100,7 +100,18 @@ def analyse(paths: list[str] | str, out: str | None = None, **options: Any) -> R
     return results
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C: the supervisor's clean-up runs and no output is written."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def analyse_command(config: AnalyseConfig) -> int:
+    _interrupt_on_sigterm()
     started = time.monotonic()
     good, bad = probe_inputs(config.inputs, config)
     for _path, reason in bad:

@@ -76,9 +76,9 @@ def write(results: Results, out_dir: Path, extra_files: dict[str, Path] | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".emojimation-", dir=out_dir))
     try:
-        results.detections.to_csv(staging / "detections.csv", index=False, float_format="%.6g")
+        results.detections.to_csv(staging / "detections.csv", index=False, float_format="%.9g")
         results.detections.to_parquet(staging / "detections.parquet", index=False)
-        results.tracks.to_csv(staging / "tracks.csv", index=False, float_format="%.6g")
+        results.tracks.to_csv(staging / "tracks.csv", index=False, float_format="%.9g")
         (staging / "summary.json").write_text(json.dumps(results.summary, indent=2) + "\n")
         for name, path in (extra_files or {}).items():
             shutil.move(str(path), staging / name)

@@ -141,8 +141,10 @@ class StageIO:
         except zmq.Again:
             logger.debug("status queue full; dropped a %s report", event)
 
-    def close(self) -> None:
+    def close(self, deliver: bool = False) -> None:
+        """Close sockets. With `deliver`, wait until every queued output message is handed on
+        (a finished file ingest must not lose its tail); otherwise give up after the linger."""
         for sock in (self.input, self.output, self.status):
             if sock is not None:
-                sock.close()
+                sock.close(linger=-1 if deliver and sock is self.output else None)
         self.context.term()

@@ -109,7 +109,8 @@ class Supervisor:
         child.log_path = self.work_dir / f"{name}.log"
         with child.log_path.open("wb") as log:
             child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=self.env, start_new_session=True)
+                                             env=self.env, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
         self.children.append(child)
         logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(stage_args))
         return child
@@ -183,6 +184,17 @@ class Supervisor:
         self.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the supervisor dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def describe_death(child: Child) -> str:
     code = child.process.returncode if child.process else None
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -247,7 +259,8 @@ class FileRun:
         while True:
             for report in self.supervisor.statuses(200):
                 result = by_stream.get(report.stream)
-                last_progress = time.monotonic()
+                if report.event != "progress":
+                    last_progress = time.monotonic()
                 if report.event == "finished" and report.stage == "ingest":
                     ingest_done = True
                 if result is None:
@@ -261,6 +274,7 @@ class FileRun:
                     result.frames_analysed += advanced
                     result.source_id = report.detail.get("source_id", result.source_id)
                     if advanced:
+                        last_progress = time.monotonic()
                         self.on_progress(advanced)
                     if report.event == "done":
                         result.status = "done"

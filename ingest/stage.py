@@ -133,4 +133,4 @@ def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
         io.report("finished", inputs=len(results), failed=results.count(False))
         return 0 if all(results) else 1
     finally:
-        io.close()
+        io.close(deliver=not stop.is_set())

@@ -1,0 +1,229 @@
+"""End to end: `emojimation analyse` with real stage processes, ZeroMQ sockets and ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.synthetic import SHARED_DATA, compose_clip, require_shared_data, val_faces
+from emojimation.emotions import EMOTIONS
+from emojimation.model_io import EmotionModel
+from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
+from ingest.media import expected_frames, sampling_ratio
+
+MEGAMIND = SHARED_DATA / "videos" / "megamind.avi"
+
+
+def analyse(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EMOJIMATION_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ffprobe_frames(path: Path) -> tuple[int, float]:
+    """Independent frame count and rate (ffprobe decodes and counts every frame)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_frames,avg_frame_rate", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    stream = json.loads(out)["streams"][0]
+    num, den = map(int, stream["avg_frame_rate"].split("/"))
+    return int(stream["nb_read_frames"]), num / den
+
+
+def emojimation_processes(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "-m emojimation" in line and "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A 25 fps clip with faces and empty stretches, and a 10 fps clip of 20 scheduled val faces."""
+    require_shared_data()
+    folder = tmp_path_factory.mktemp("clips")
+    faces = val_faces(3, seed=7)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(faces))[:20]
+    scheduled = [faces[i] for i in order]
+    schedule = compose_clip(folder / "faces.mp4", [f for f, _, _ in scheduled], [l for _, l, _ in scheduled],
+                            seconds_per_face=2.0, fps=10.0, face_px=170)
+    mixed = [faces[0][0], None, faces[1][0], None]
+    compose_clip(folder / "gaps.mp4", mixed, [0] * 4, seconds_per_face=1.5, fps=25.0, face_px=150)
+    return {"faces": folder / "faces.mp4", "schedule": schedule, "gaps": folder / "gaps.mp4"}
+
+
+def test_megamind_end_to_end_outputs_and_json(tmp_path):
+    out = tmp_path / "out"
+    result = analyse(MEGAMIND, "--out", out, "--json", "--thumbnails", "--store", f"sqlite:///{tmp_path}/s.db",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # --json: the summary object alone on stdout
+    assert summary == json.loads((out / "summary.json").read_text()) | {"elapsed_s": summary["elapsed_s"]}
+    entry = summary["inputs"][0]
+    total, fps = ffprobe_frames(MEGAMIND)
+    assert entry["kind"] == "video" and abs(entry["source_fps"] - fps) < 1e-3
+    assert entry["frames_analysed"] == expected_frames(total, sampling_ratio(fps, 10.0))
+    assert entry["frames_with_faces"] >= 0.8 * entry["frames_analysed"]  # one face talks throughout
+    detections = pd.read_csv(out / "detections.csv")
+    assert list(detections.columns) == DETECTION_COLUMNS
+    assert len(detections) == entry["faces"]
+    np.testing.assert_allclose(detections[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-4)
+    assert (detections["emotion"] == detections[list(EMOTIONS)].idxmax(axis=1)).all()
+    assert detections["frame"].max() < total and (detections["x"] + detections["w"] <= 720 + 1).all()
+    np.testing.assert_allclose(detections["time_s"], detections["frame"] / fps, atol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), detections, check_dtype=False)
+    tracks = pd.read_csv(out / "tracks.csv")
+    assert list(tracks.columns) == TRACK_COLUMNS
+    assert tracks["frames"].sum() == len(detections)
+    longest = tracks.sort_values("frames").iloc[-1]
+    assert longest["frames"] >= 0.3 * entry["frames_with_faces"]  # the talking face is followed, not fragmented
+    assert [t["track_id"] for t in entry["tracks"]] == tracks["track_id"].tolist()
+    from emojimation.store import Store
+
+    with Store(f"sqlite:///{tmp_path}/s.db") as store:
+        stored = store.tracks(store.sources()["id"].iloc[0])
+        assert stored["thumbnail"].notna().all()  # --thumbnails: one face image per track
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_frames_analysed_matches_independent_count(clips, tmp_path, workers):
+    total, fps = ffprobe_frames(clips["gaps"])
+    result = analyse(clips["gaps"], "--out", tmp_path / "out", "--workers", workers, "--fps", 7, "--json", "--detector", "haar",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)["inputs"][0]
+    assert entry["frames_analysed"] == expected_frames(total, sampling_ratio(fps, 7.0))
+    assert 0 < entry["frames_with_faces"] < entry["frames_analysed"]  # frames without faces count too
+    detections = pd.read_csv(tmp_path / "out" / "detections.csv")
+    assert detections["frame"].is_monotonic_increasing
+    assert emojimation_processes(str(tmp_path)) == []
+
+
+def test_every_frame_analyses_all_frames(clips, tmp_path):
+    total, _ = ffprobe_frames(clips["gaps"])
+    result = analyse(clips["gaps"], "--out", tmp_path / "out", "--every-frame", "--workers", 2, "--json",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["inputs"][0]["frames_analysed"] == total
+
+
+def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
+    """Detection and cropping must not cost accuracy: per scheduled face, the pipeline's dominant
+    emotion equals the classifier's answer on the same 48x48 face alone, for >= 95 % of segments."""
+    result = analyse(clips["faces"], "--out", tmp_path / "out", "--detector", "haar", "--every-frame",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    detections = pd.read_csv(tmp_path / "out" / "detections.csv")
+    model = EmotionModel()
+    schedule = clips["schedule"]
+    expected = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
+    agree = 0
+    for segment, want in zip(schedule, expected):
+        rows = detections[(detections.time_s >= segment.start_s + 0.25) & (detections.time_s < segment.end_s - 0.25)]
+        assert len(rows) > 0, f"no face found in segment {segment.start_s}-{segment.end_s}"
+        agree += int(rows[list(EMOTIONS)].mean().to_numpy().argmax() == want)
+    assert agree / len(schedule) >= 0.95, f"{agree}/{len(schedule)} segments agree"
+
+
+def _bad_inputs(folder: Path) -> dict[str, Path]:
+    (folder / "empty_dir").mkdir()
+    (folder / "empty_dir" / "notes.txt").write_text("no media here")
+    (folder / "text.mp4").write_text("this is not a video\n" * 20)
+    (folder / "zero.mp4").write_bytes(b"")
+    source = MEGAMIND.read_bytes()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(MEGAMIND), "-c:v", "libx264", "-t", "4",
+                    str(folder / "full.mp4")], check=True)
+    data = (folder / "full.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    assert source
+    return {"missing": folder / "nope.mp4", "empty folder": folder / "empty_dir", "text as mp4": folder / "text.mp4",
+            "zero bytes": folder / "zero.mp4", "truncated": folder / "truncated.mp4"}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    return _bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty folder", "text as mp4", "zero bytes", "truncated"])
+def test_bad_input_one_line_error_no_output(bad_inputs, tmp_path, case):
+    path = bad_inputs[case]
+    out = tmp_path / "out"
+    result = analyse(path, "--out", out, home=tmp_path)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("emojimation: error: ") and str(path) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+    assert emojimation_processes(str(tmp_path)) == []
+
+
+def test_good_inputs_still_analysed_beside_bad_ones(bad_inputs, clips, tmp_path):
+    out = tmp_path / "out"
+    result = analyse(bad_inputs["text as mp4"], clips["gaps"], bad_inputs["truncated"], "--out", out, "--json",
+                     home=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emojimation: error:")]
+    assert len(errors) == 2
+    summary = json.loads(result.stdout)
+    assert [i["input"] for i in summary["inputs"]] == [str(clips["gaps"])]
+    assert set(pd.read_csv(out / "detections.csv")["input"]) == {str(clips["gaps"])}
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+@pytest.mark.parametrize("victim", ["detector", "classifier"])
+def test_killed_worker_fails_run_clearly_within_10s(clips, tmp_path, victim):
+    env = {**os.environ, "EMOJIMATION_HOME": str(tmp_path)}
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clips["faces"]), "--every-frame",
+         "--detector", "haar", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        target = None
+        while target is None and time.monotonic() < deadline:
+            children = _children(process.pid)
+            if any(" ingest " in cmd for _, cmd in children):  # all stages ready: the run is under way
+                target = next(pid for pid, cmd in children if f" {victim} " in cmd)
+            time.sleep(0.2)
+        assert target is not None, "pipeline never started"
+        time.sleep(1.0)
+        stage_pids = [pid for pid, _ in _children(process.pid)]
+        os.kill(target, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+        assert time.monotonic() - killed_at < 10
+        assert process.returncode == 1
+        assert f"{victim}-0 stopped unexpectedly (killed by signal 9)" in stderr
+        assert "Traceback" not in stderr
+        assert not (out / "summary.json").exists()
+        time.sleep(0.5)
+        assert [pid for pid in stage_pids if Path(f"/proc/{pid}").exists()
+                and "(Z)" not in Path(f"/proc/{pid}/stat").read_text()] == []
+    finally:
+        if process.poll() is None:
+            process.kill()
