@@ -1,0 +1,125 @@
+"""`emojimation analyse --every-frame` against fer's `Video.analyze` on the same files.
+
+Each case is a fresh process (tree), timed wall-clock, with CPU time from the kernel's
+accounting of the whole tree and peak memory as the largest sum of the tree's resident
+sets (sampled every 50 ms). Cases are interleaved round by round; medians are reported.
+
+    .venv/bin/python -m bench.bench_analyse --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PRODUCT_PYTHON = ROOT / ".venv" / "bin" / "python"
+FER_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
+
+
+def make_720p_clip(path: Path) -> Path:
+    """60 s of 1280x720 at 30 fps with a face in every frame: megamind.avi scaled and looped."""
+    if not path.exists():
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "6", "-i", str(SHARED / "videos" / "megamind.avi"),
+                        "-t", "60", "-vf", "scale=1280:720,fps=30", "-c:v", "libx264", "-crf", "20", "-preset",
+                        "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Sum of resident memory of a process and all its descendants."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, frontier = 0, [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        total += rss.get(pid, 0)
+        frontier += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
+def measure(command: list[str], cwd: Path) -> dict:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        while process.poll() is None:
+            peak[0] = max(peak[0], tree_rss_bytes(process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    sampler.join()
+    if status != 0:
+        raise RuntimeError(f"{command[:4]} failed with status {status}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak[0] / 2**20,
+            "stdout": stdout}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--detector", default="blazeface")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))
+    videos = {"megamind.avi (720x528, 270 frames)": SHARED / "videos" / "megamind.avi",
+              "megamind 1280x720 30 fps 60 s (1800 frames)": make_720p_clip(scratch / "megamind720.mp4")}
+    frames = {name: int(json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True).stdout)
+        ["streams"][0]["nb_read_frames"]) for name, path in videos.items()}
+    cases = {
+        "emojimation": lambda path: [str(PRODUCT_PYTHON), "-m", "emojimation", "analyse", str(path), "--every-frame",
+                                     "--detector", args.detector, "--workers", str(args.workers), "--no-progress",
+                                     "--json", "--out", str(scratch / "out"), "--store",
+                                     f"sqlite:///{scratch}/bench.db"],
+        "fer Video.analyze (defaults)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path)],
+        "fer Video.analyze (lean)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path),
+                                                  "--lean"],
+    }
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.rounds):
+        for video, path in videos.items():
+            for case, command in cases.items():
+                result = measure(command(path), scratch)
+                output = json.loads(result.pop("stdout"))
+                result["faces"] = output["faces"] if "faces" in output else output["inputs"][0]["faces"]
+                runs.setdefault((video, case), []).append(result)
+                print(video, case, {k: round(v, 2) for k, v in result.items()}, file=sys.stderr, flush=True)
+    report = []
+    for (video, case), results in runs.items():
+        wall = statistics.median(r["wall_s"] for r in results)
+        report.append({"video": video, "case": case, "frames": frames[video], "wall_s": round(wall, 2),
+                       "frames_per_s": round(frames[video] / wall, 1),
+                       "cpu_s": round(statistics.median(r["cpu_s"] for r in results), 1),
+                       "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
+                       "faces": statistics.median(r["faces"] for r in results), "rounds": len(results)})
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
