@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -75,12 +77,34 @@ def configure_tensorflow_threads(intra_op: int | None = None, inter_op: int | No
         tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ runtime logs CUDA and CPU-feature
+    lines on import and first use, ignoring TF_CPP_MIN_LOG_LEVEL, and a user's stderr should
+    carry our messages only. Python exceptions raised inside still propagate normally."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def quiet_tensorflow() -> None:
+    """Import TensorFlow (and start its runtime) without its start-up chatter on stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
     for name in ("tensorflow", "absl", "keras", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if "tensorflow" in sys.modules:
+        return
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401
 
 
 class EmotionModel:
@@ -97,7 +121,8 @@ class EmotionModel:
         import tensorflow as tf
 
         try:
-            self.keras_model = keras.saving.load_model(self.path, compile=False)
+            with native_stderr_silenced():  # the runtime's first use logs a CUDA probe
+                self.keras_model = keras.saving.load_model(self.path, compile=False)
         except Exception as error:  # Keras raises many types for a bad file
             raise ModelError(f"{self.path}: cannot load model ({type(error).__name__}: {error})") from None
         shape = tuple(self.keras_model.input_shape[1:])

@@ -6,3 +6,5 @@ scripts/bootstrap.sh
 SAMPLE=${1:-../shared/data/videos/megamind.avi}
 OUT=${OUT:-out/sample}
 .venv/bin/emojimation analyse "$SAMPLE" --out "$OUT" --annotate --thumbnails
+echo "Serving the dashboard for the analysed sample; press Ctrl-C to stop." >&2
+exec .venv/bin/emojimation dashboard
