@@ -109,7 +109,7 @@ def _run_aggregator(config, stop) -> int:
 
 
 def cmd_analyse(args: argparse.Namespace) -> int:
-    from emojimation.analyse import analyse_command
+    from emojimation.analysis import analyse_command
 
     overrides = _overrides(args, cfg.AnalyseConfig)
     if args.every_frame and args.fps is not None:

@@ -227,3 +227,17 @@ def test_killed_worker_fails_run_clearly_within_10s(clips, tmp_path, victim):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_python_api_returns_dataframes_for_images(tmp_path):
+    """Notebook API on real photos: each face in an image is its own track."""
+    import emojimation
+
+    results = emojimation.analyse([str(SHARED_DATA / "images" / "couple.jpg"), str(SHARED_DATA / "images" / "img11.jpg")],
+                                  out=str(tmp_path / "out"))
+    assert list(results.detections.columns) == DETECTION_COLUMNS
+    per_input = results.detections.groupby("input").size().to_dict()
+    assert per_input == {str(SHARED_DATA / "images" / "couple.jpg"): 2, str(SHARED_DATA / "images" / "img11.jpg"): 1}
+    assert [entry["kind"] for entry in results.summary["inputs"]] == ["image", "image"]
+    assert len(results.tracks) == 3 and (results.tracks["frames"] == 1).all()
+    assert (tmp_path / "out" / "summary.json").exists()
