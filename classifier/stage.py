@@ -41,7 +41,7 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     configure_tensorflow_threads(config.threads, 1)
     flip = {"auto": None, "on": True, "off": False}[config.flip_tta]
-    model = EmotionModel(config.model or None, flip_tta=flip)
+    model = EmotionModel(config.model or None, flip_tta=flip, precision=config.precision)
     model.probabilities(np.zeros((1, 48, 48), np.uint8))  # trace once before reporting ready
     io = StageIO("classifier", config.connect, config.bind, config.status)
     pending: list[Faces] = []

@@ -133,7 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_command
 
-    return evaluate_command(args.data, args.model, args.split, args.json, args.tta, args.confusion_png)
+    return evaluate_command(args.data, args.model, args.split, args.json, args.tta, args.confusion_png,
+                            args.precision)
 
 
 class UsageError(EmojimationError):
@@ -165,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
     evaluate.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="horizontal-flip TTA")
     evaluate.add_argument("--confusion-png", default=None, help="where to save the confusion matrix picture")
+    evaluate.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                          help="inference arithmetic (auto: bfloat16 where the CPU has it natively)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     try:  # the dashboard package registers its own subcommand (kept light: Dash loads on use)

