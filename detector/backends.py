@@ -100,7 +100,9 @@ class BlazeFaceDetector:
     VARIANTS = {
         # name: (file, input size, strides, anchors per layer, score threshold)
         "short": ("face_detection_short_range.tflite", 128, [8, 16, 16, 16], 2, 0.5),
-        "full": ("face_detection_full_range.tflite", 192, [4], 1, 0.5),
+        # Full range at 0.3: on megamind.avi every extra face it finds down to 0.3 is a real
+        # (small, background) face; below 0.3 false ones appear (docs/benchmarks.md).
+        "full": ("face_detection_full_range.tflite", 192, [4], 1, 0.3),
     }
 
     def __init__(self, variant: str = "short", min_score: float | None = None, threads: int = 1,
@@ -141,7 +143,8 @@ class BlazeFaceDetector:
         return boxes[picked].astype(np.float32), scores[keep][picked].astype(np.float32)
 
 
-def make_detector(name: str, min_score: float = 0.5, min_face: int = 24, threads: int = 1) -> FaceDetector:
+def make_detector(name: str, min_score: float | None = None, min_face: int = 24, threads: int = 1) -> FaceDetector:
+    """A detector by name; `min_score` None keeps the backend's measured default threshold."""
     if name == "haar":
         return HaarDetector(min_face=min_face)
     if name == "blazeface":

@@ -54,8 +54,8 @@ class IngestConfig(StageLinks):
 
 @dataclass
 class DetectorConfig(StageLinks):
-    detector: str = "blazeface"
-    min_score: float = 0.5
+    detector: str = "blazeface-full"
+    min_score: float | None = None  # None = the detector's measured default
     min_face: int = 24  # pixels in the (possibly downscaled) frame
     margin: float | None = None  # crop margin; None = the preprocessing default
     threads: int = 1
@@ -88,7 +88,7 @@ class AnalyseConfig:
     out: str = "emojimation-out"
     fps: float = 10.0
     every_frame: bool = False
-    detector: str = "blazeface"
+    detector: str = "blazeface-full"
     model: str = ""
     workers: int = 1  # classifier workers
     detector_workers: int = 2
