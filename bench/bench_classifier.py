@@ -32,12 +32,10 @@ def fer_model_path() -> Path:
 
 
 def tflite_interpreter(model, path: Path, threads: int):
-    import tensorflow as tf
+    """The model through Keras's LiteRT exporter (as training/export.py ships ours)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-    function = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([function], model).convert())
+    model.export(str(path), format="litert", verbose=False)
     return Interpreter(model_path=str(path), num_threads=threads)
 
 

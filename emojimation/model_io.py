@@ -134,20 +134,66 @@ def with_compute_dtype(model: Any, policy: str) -> Any:
     return copy
 
 
+class TfliteLogits:
+    """Logits from a `.tflite` export through LiteRT, without importing TensorFlow.
+
+    One interpreter per batch bucket (1, 8, 16, 32, 64): resizing an interpreter's input
+    reallocates it, so batches are padded up to the next bucket instead.
+    """
+
+    BUCKETS = (1, 8, 16, 32, 64)
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ModelError("a .tflite model needs the ai-edge-litert package") from None
+        self.interpreters = {}
+        try:
+            for bucket in self.BUCKETS:
+                interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                index = interpreter.get_input_details()[0]["index"]
+                interpreter.resize_tensor_input(index, [bucket, INPUT_SIZE, INPUT_SIZE, 1])
+                interpreter.allocate_tensors()
+                self.interpreters[bucket] = (interpreter, index, interpreter.get_output_details()[0]["index"])
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(f"{path}: cannot load TFLite model ({error})") from None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(x), self.BUCKETS[-1]):
+            chunk = x[start:start + self.BUCKETS[-1]]
+            bucket = next(b for b in self.BUCKETS if b >= len(chunk))
+            interpreter, input_index, output_index = self.interpreters[bucket]
+            padded = np.zeros((bucket, *chunk.shape[1:]), np.float32)
+            padded[:len(chunk)] = chunk
+            interpreter.set_tensor(input_index, padded)
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(output_index)[:len(chunk)].copy())
+        return np.concatenate(outputs)
+
+
 class EmotionModel:
     """A loaded model: `probabilities(faces)` for uint8 faces (N, 48, 48) → (N, 7) calibrated.
 
-    `precision`: "float32", "bfloat16", or "auto" (bfloat16 where the CPU computes it natively:
-    measured 1.5-2x the crops/s at batch 64 with 99.5 % identical answers on val; float32 elsewhere).
+    A `.keras` file runs on TensorFlow; `precision` is "float32", "bfloat16", or "auto"
+    (bfloat16 where the CPU computes it natively, float32 elsewhere: docs/benchmarks.md).
+    A `.tflite` export runs on LiteRT (float32) and starts without importing TensorFlow.
     """
 
     def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", threads: int = 1) -> None:
         self.path = Path(path) if path else DEFAULT_MODEL_PATH
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         self.info = ModelInfo.load(metadata_path(self.path))
         self.flip_tta = self.info.flip_tta if flip_tta is None else flip_tta
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise ModelError(f"precision {precision!r}: use auto, float32 or bfloat16")
+        if self.path.suffix == ".tflite":
+            self.precision = "float32"
+            self._run = TfliteLogits(self.path, threads)
+            return
         quiet_tensorflow()
         import keras
         import tensorflow as tf
@@ -160,15 +206,14 @@ class EmotionModel:
         shape = tuple(self.keras_model.input_shape[1:])
         if shape != (INPUT_SIZE, INPUT_SIZE, 1) or self.keras_model.output_shape[-1] != len(EMOTIONS):
             raise ModelError(f"{self.path}: expected input (48, 48, 1) and 7 outputs, got {shape}")
-        if precision not in ("auto", "float32", "bfloat16"):
-            raise ModelError(f"precision {precision!r}: use auto, float32 or bfloat16")
         self.precision = "bfloat16" if precision == "bfloat16" or (precision == "auto" and cpu_has_bf16()) \
             else "float32"
         model = self.keras_model
         if self.precision == "bfloat16":
             model = with_compute_dtype(model, "mixed_bfloat16")
         # A traced call avoids model.predict's per-call overhead (~40 ms) on small batches.
-        self._logits = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        traced = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._run = lambda x: traced(x).numpy()
 
     def logits(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
         """Raw (uncalibrated) logits; with flip TTA the mean of the face's and its mirror's."""
@@ -178,9 +223,9 @@ class EmotionModel:
         if len(faces) == 0:
             return np.zeros((0, len(EMOTIONS)), dtype=np.float32)
         x = faces.reshape(-1, INPUT_SIZE, INPUT_SIZE, 1).astype(np.float32)
-        out = self._logits(x).numpy()
+        out = self._run(x)
         if self.flip_tta if flip_tta is None else flip_tta:
-            out = (out + self._logits(x[:, :, ::-1, :].copy()).numpy()) / 2.0
+            out = (out + self._run(x[:, :, ::-1, :].copy())) / 2.0
         return out.astype(np.float32)
 
     def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
