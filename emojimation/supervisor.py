@@ -139,21 +139,6 @@ class Supervisor:
             if isinstance(message, Status):
                 reports.append(message)
 
-    def wait_ready(self, names: list[str], timeout_s: float = 120.0) -> None:
-        """Block until each named child has reported `ready` (or fail clearly)."""
-        waiting = set(names)
-        pids = {child.process.pid: child.name for child in self.children if child.process}
-        deadline = time.monotonic() + timeout_s
-        while waiting:
-            for report in self.statuses(200):
-                if report.event == "ready":
-                    waiting.discard(pids.get(report.detail.get("pid"), ""))
-            dead = self.dead_child()
-            if dead is not None:
-                raise PipelineError(describe_death(dead))
-            if time.monotonic() > deadline:
-                raise PipelineError(f"stages not ready after {timeout_s:.0f} s: {', '.join(sorted(waiting))}")
-
     def stop(self) -> None:
         """SIGTERM every child, then SIGKILL what is left after the grace period."""
         for child in self.children:
@@ -245,8 +230,8 @@ class FileRun:
         for i, address in enumerate(links.detectors):
             spawn(f"detector-{i}", stage_args("detector", [links.ingest], address, links.status,
                                               {"detector": opts["detector"]}))
-        stages = [c.name for c in self.supervisor.children]
-        self.supervisor.wait_ready(stages)
+        # Ingest starts at once too: it decodes and queues frames (blocking at the high-water
+        # mark) while the classifier is still loading TensorFlow, instead of after it.
         fps_args = {"every_frame": True} if opts["every_frame"] else {"fps": opts["fps"]}
         spawn("ingest", stage_args("ingest", [], links.ingest, links.status,
                                    {**fps_args, "max_side": opts["max_side"], "stream_prefix": "in",
