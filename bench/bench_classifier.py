@@ -52,7 +52,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from emojimation.model_io import DEFAULT_MODEL_PATH
+    from emojimation.model_io import DEFAULT_MODEL_PATH, cpu_has_bf16, with_compute_dtype
 
     threads = args.threads
     results: dict[str, list[float]] = {}
@@ -67,6 +67,8 @@ def main() -> None:
     for name, model in models.items():
         shape = model.input_shape[1:]
         compiled = tf.function(lambda x, m=model: m(x, training=False), reduce_retracing=True)
+        bf16_model = with_compute_dtype(model, "mixed_bfloat16") if cpu_has_bf16() else None
+        compiled_bf16 = tf.function(lambda x, m=bf16_model: m(x, training=False), reduce_retracing=True)
         interpreter = tflite_interpreter(model, tmp / f"{name}.tflite", threads)
         for batch in args.batches:
             x = np.random.default_rng(0).uniform(0, 1, (batch, *shape)).astype(np.float32)
@@ -82,6 +84,9 @@ def main() -> None:
                 return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
             calls[(name, "keras-call", batch)] = (lambda x=x, f=compiled: f(x).numpy())
+            if bf16_model is not None:
+                compiled_bf16(x)
+                calls[(name, "keras-call-bf16", batch)] = (lambda x=x, f=compiled_bf16: f(x).numpy())
             calls[(name, "tflite", batch)] = run_tflite
             calls[(name, "predict", batch)] = (lambda x=x, m=model, b=batch: m.predict(x, batch_size=b, verbose=0))
     for round_index in range(args.rounds):
@@ -100,7 +105,8 @@ def main() -> None:
         "crops_per_s_median": {k: round(v, 1) for k, v in medians.items()},
         "ratio_emojimation_over_fer": {
             f"{path}/{batch}": round(medians[f"emojimation/{path}/{batch}"] / medians[f"fer/{path}/{batch}"], 3)
-            for path in ("keras-call", "tflite", "predict") for batch in args.batches
+            for path in ("keras-call", "keras-call-bf16", "tflite", "predict") for batch in args.batches
+            if f"fer/{path}/{batch}" in medians
         },
     }
     print(json.dumps(report, indent=2))

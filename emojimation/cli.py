@@ -170,12 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="inference arithmetic (auto: bfloat16 where the CPU has it natively)")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    try:  # the dashboard package registers its own subcommand (kept light: Dash loads on use)
-        from dashboard.cli import register as register_dashboard
-    except ImportError:
-        register_dashboard = None
-    if register_dashboard is not None:
-        register_dashboard(sub)
+    from dashboard.cli import register as register_dashboard  # light: Dash loads on use
+
+    register_dashboard(sub)
 
     for section, cls, runner, text in (
         ("ingest", cfg.IngestConfig, _run_ingest, "run the ingest stage alone"),

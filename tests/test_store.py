@@ -92,3 +92,13 @@ def test_tracks_segments_events_and_cascade_delete(tmp_path):
 def test_unsupported_url_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="unsupported scheme"):
         Store("mysql://user:secret@host/db")
+
+
+def test_faces_reads_only_requested_columns_and_rejects_unknown(tmp_path):
+    with Store(f"sqlite:///{tmp_path}/c.db") as store:
+        source = store.create_source("video", "a.mp4", "a", "analysing")
+        store.add_faces(source, [face(0), face(1)])
+        frame = store.faces(source, columns=["frame", "time_s", "p_happy"])
+        assert list(frame.columns) == ["frame", "time_s", "p_happy"] and frame["p_happy"].tolist() == [1.0, 1.0]
+        with pytest.raises(ValueError, match="unknown face columns"):
+            store.faces(source, columns=["frame; DROP TABLE faces"])

@@ -1,0 +1,65 @@
+"""The app factory: `create_app(store_url) -> dash.Dash`.
+
+Everything app-specific is built here and attached to the app, nothing lives in module globals:
+the store access (`DashboardData`) and the upload jobs (`AnalysisJobs`) go into the Flask
+server's `extensions`, where pages find them with `data.current()` / `jobs.current()`. Pages are
+registered with Dash Pages from here (`use_pages=True, pages_folder=""`), each with its callbacks
+on this app, so several apps can live in one process (tests) without sharing state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dash
+from dash import Dash, dcc, html
+
+from dashboard import data as data_module
+from dashboard import ids
+from dashboard import jobs as jobs_module
+from dashboard.auth import install_basic_auth
+from dashboard.pages import PAGES
+from emojimation.config import default_store_url
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+NAVIGATION = (("Sources", "/"), ("Events", "/events"), ("Analyse a file", "/upload"))
+
+
+def create_app(store_url: str | None = None, *, auth: tuple[str, str] | None = None,
+               upload_dir: str | Path | None = None) -> Dash:
+    """Build the dashboard over the store at `store_url` (default: the usual store).
+
+    `auth` = (user, password) turns on HTTP basic auth for every request. `upload_dir` is where
+    uploads are saved (default: a temporary folder removed at exit). Raises
+    `emojimation.errors.ConfigError` for a store URL it cannot open.
+    """
+    url = store_url or default_store_url()
+    data = data_module.DashboardData(url)
+    app = Dash(
+        __name__,
+        use_pages=True,
+        pages_folder="",
+        assets_folder=str(ASSETS),
+        title="Emojimation",
+        update_title=None,  # keep the tab title steady while the poll runs
+        suppress_callback_exceptions=False,
+    )
+    app.server.extensions[data_module.EXTENSION_KEY] = data
+    app.server.extensions[jobs_module.EXTENSION_KEY] = jobs_module.AnalysisJobs(url, upload_dir)
+    for page in PAGES:
+        page.register(app)
+    app.layout = shell
+    if auth is not None:
+        install_basic_auth(app.server, *auth)
+    return app
+
+
+def shell() -> html.Div:
+    """The frame around every page: a navigation bar and Dash Pages' container."""
+    links = [dcc.Link(label, href=path, className="nav-link", id={"type": ids.NAV_LINK, "index": path})
+             for label, path in NAVIGATION]
+    return html.Div([
+        html.Header([dcc.Link("Emojimation", href="/", className="brand"), html.Nav(links)], id=ids.NAV,
+                    className="nav"),
+        html.Main(dash.page_container, className="content"),
+    ])

@@ -1,0 +1,163 @@
+"""Timeline page (`/source/<source_id>`): every face track of one source over time.
+
+One row per track: the seven emotion probabilities and a dominant-emotion ribbon, all sharing one
+zoom. Below the figure, one card per track (thumbnail, dominant emotion, distribution, segments).
+A `dcc.Interval` polls the store; when the source changed the figure is rebuilt with the same
+`uirevision`, so a live source grows on screen while the user's zoom stays where it was.
+The "Export CSV" button sends every face row of the visible time range, read fresh from the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Dash, Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
+
+from dashboard import components, ids
+from dashboard.data import Timeline, TrackSummary, current, display_name
+from dashboard.figures import GRAPH_CONFIG, empty_figure, timeline_figure, uirevision_for
+from dashboard.pages.common import parse_id, register_range_memory, view_state, window_from
+from dashboard.theme import LIVE_INTERVAL_MS
+
+PATH_TEMPLATE = "/source/<source_id>"
+VALUE_OPTIONS = [
+    {"label": "smoothed per track", "value": "smoothed"},
+    {"label": "per frame (calibrated)", "value": "frame"},
+]
+
+
+def register(app: Dash) -> None:
+    dash.register_page(__name__, path_template=PATH_TEMPLATE, name="Timeline", title=title, layout=layout)
+    register_range_memory(app, ids.TIMELINE_GRAPH, ids.TIMELINE_RANGE)
+    _register_callbacks(app)
+
+
+def title(source_id: str | None = None, **_: Any) -> str:
+    return f"Emojimation · source {source_id}" if source_id else "Emojimation · timeline"
+
+
+def layout(source_id: str | None = None, **_query: Any) -> html.Div:
+    """The page for one source; unknown ids get the same skeleton with a "not found" message."""
+    source_number = parse_id(source_id)
+    data = current()
+    timeline = data.timeline(source_number) if source_number is not None else None
+    figure, header, tracks = _content(source_number, timeline)
+    return html.Div([
+        dcc.Store(id=ids.TIMELINE_SOURCE, data=source_number),
+        dcc.Store(id=ids.TIMELINE_VERSION, data=view_state(timeline.source if timeline else None, None)),
+        dcc.Store(id=ids.TIMELINE_RANGE, data=None),
+        dcc.Interval(id=ids.TIMELINE_INTERVAL, interval=LIVE_INTERVAL_MS),
+        html.Div(header, id=ids.TIMELINE_HEADER),
+        html.Div([
+            dcc.RadioItems(id=ids.TIMELINE_VALUES, options=VALUE_OPTIONS, value="smoothed", inline=True,
+                           className="radio"),
+            html.Span(_range_text(data.rows_in_window(source_number, None) if timeline else 0, None),
+                      id=ids.TIMELINE_RANGE_LABEL, className="muted"),
+            html.Button("Export CSV of the visible range", id=ids.TIMELINE_EXPORT, className="button",
+                        disabled=timeline is None),
+            dcc.Download(id=ids.TIMELINE_DOWNLOAD),
+        ], className="toolbar"),
+        dcc.Graph(id=ids.TIMELINE_GRAPH, figure=figure, config=GRAPH_CONFIG, className="timeline-graph"),
+        html.Div(tracks, id=ids.TIMELINE_TRACKS, className="track-cards"),
+    ], className="page page-timeline")
+
+
+def _content(source_id: int | None, timeline: Timeline | None) -> tuple[Any, Any, Any]:
+    """(figure, header, track cards) for the current state of the source."""
+    if source_id is None or timeline is None:
+        message = "No such source" if source_id is None else f"Source {source_id} does not exist (deleted?)"
+        header = [html.H2(message), dcc.Link("Back to all sources", href="/")]
+        return empty_figure(message), header, []
+    data = current()
+    summaries = data.track_summaries(source_id)
+    shown = {track.track_id for track in timeline.tracks}
+    titles = {t.track_id: _track_title(t) for t in summaries}
+    figure = timeline_figure(timeline, uirevision_for(source_id), titles)
+    cards = [components.track_card(source_id, t, t.track_id in shown) for t in summaries]
+    return figure, _header(timeline, len(summaries)), cards
+
+
+def _track_title(track: TrackSummary) -> str:
+    return (f"<b>Track {track.track_id}</b> · mostly {track.dominant} · "
+            f"{components.format_seconds(track.start_s)}–{components.format_seconds(track.end_s)}")
+
+
+def _header(timeline: Timeline, track_count: int) -> list[Any]:
+    source = timeline.source
+    status = str(source["status"])
+    drawn = len(timeline.tracks)
+    duration = float(source["duration_s"] or 0) or (timeline.time_range[1] if timeline.time_range else 0.0)
+    facts = [
+        f"{source['kind']}",
+        f"{components.format_seconds(duration)}",
+        f"{int(source['faces'] or 0):,} faces",
+        f"{track_count} track{'' if track_count == 1 else 's'}"
+        + (f" (the {drawn} longest drawn)" if drawn < timeline.total_tracks else ""),
+    ]
+    parts: list[Any] = [
+        html.Div([html.H2(display_name(source)), components.status_badge(status)], className="title-row"),
+        html.Div(" · ".join(facts), className="muted", id=ids.TIMELINE_FACTS),
+    ]
+    if status not in ("done", "failed", "stopped"):
+        parts.append(components.progress(int(source["frames_analysed"] or 0), int(source["expected_frames"] or 0),
+                                         status))
+    if source.get("error"):
+        parts.append(html.Div(f"Error: {source['error']}", className="error"))
+    parts.append(components.legend())
+    return parts
+
+
+def _range_text(rows: int, window: tuple[float, float] | None) -> str:
+    span = ("whole source" if window is None
+            else f"{components.format_seconds(window[0])} – {components.format_seconds(window[1])}")
+    return f"Visible: {span} · {rows:,} rows"
+
+
+def _register_callbacks(app: Dash) -> None:
+    @app.callback(
+        Output(ids.TIMELINE_GRAPH, "figure"),
+        Output(ids.TIMELINE_HEADER, "children"),
+        Output(ids.TIMELINE_TRACKS, "children"),
+        Output(ids.TIMELINE_VERSION, "data"),
+        Output(ids.TIMELINE_RANGE_LABEL, "children"),
+        Input(ids.TIMELINE_INTERVAL, "n_intervals"),
+        Input(ids.TIMELINE_RANGE, "data"),
+        Input(ids.TIMELINE_VALUES, "value"),
+        State(ids.TIMELINE_SOURCE, "data"),
+        State(ids.TIMELINE_VERSION, "data"),
+        prevent_initial_call=True,
+    )
+    def refresh(_ticks: int, window_data: Any, values: str, source_id: int | None,
+                shown: dict[str, Any] | None) -> tuple[Any, Any, Any, dict[str, Any], str]:
+        """Rebuild when the source changed (poll), the zoom changed (more detail) or the values switch.
+
+        `shown` is the state the current figure was built for: when nothing differs (a poll with
+        no new rows, a repeated zoom event) nothing is rebuilt or sent.
+        """
+        if source_id is None:
+            raise PreventUpdate
+        data = current()
+        source = data.source(source_id)
+        window = window_from(window_data)
+        wanted = view_state(source, window, values)
+        if wanted == shown:
+            raise PreventUpdate
+        timeline = data.timeline(source_id, window, values) if source is not None else None
+        figure, header, tracks = _content(source_id, timeline)
+        return figure, header, tracks, wanted, _range_text(data.rows_in_window(source_id, window), window)
+
+    @app.callback(
+        Output(ids.TIMELINE_DOWNLOAD, "data"),
+        Input(ids.TIMELINE_EXPORT, "n_clicks"),
+        State(ids.TIMELINE_SOURCE, "data"),
+        State(ids.TIMELINE_RANGE, "data"),
+        prevent_initial_call=True,
+    )
+    def export(clicks: int | None, source_id: int | None, window_data: Any) -> dict[str, Any]:
+        """Every face row of the visible range (not the downsampled points), as CSV."""
+        if not clicks or source_id is None:
+            raise PreventUpdate
+        filename, text = current().export_csv(source_id, window_from(window_data))
+        return dcc.send_string(text, filename, type="text/csv")
