@@ -29,7 +29,12 @@ def error_line(text: str) -> None:
 def probe_inputs(paths: list[str], config: AnalyseConfig) -> tuple[list[MediaInfo], list[tuple[str, str]]]:
     """Split inputs into readable ones and (path, reason) failures, before any process starts."""
     good, bad = [], []
+    seen: set[str] = set()
     for path in paths:
+        resolved = str(Path(path).resolve())
+        if resolved in seen:  # the same file twice would only replace its own results
+            continue
+        seen.add(resolved)
         try:
             good.append(probe(path))
         except DataError as error:

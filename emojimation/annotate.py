@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from emojimation.emotions import EMOTIONS
+from emojimation.errors import DataError
 from emojimation.results import Results
 
 logger = logging.getLogger(__name__)
@@ -47,13 +49,16 @@ def annotate_video(path: str, faces: pd.DataFrame, out_path: Path, fps: float, w
     by_frame = {frame: group for frame, group in faces.groupby("frame")}
     analysed = np.array(sorted(by_frame))
     hold_frames = max(1, int(round(fps)))  # boxes older than ~1 s are not drawn
+    # Same frames as ingest: every decoded frame, no rate conversion, upright, at the probed size.
     decoder = subprocess.Popen(
-        ffmpeg.compile(ffmpeg.input(path).output("pipe:", format="rawvideo", pix_fmt="bgr24")
+        ffmpeg.compile(ffmpeg.input(path).video.filter("scale", width, height)
+                       .output("pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
                        .global_args("-hide_banner", "-loglevel", "error", "-nostdin")),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     encoder = subprocess.Popen(
         ffmpeg.compile(ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}",
                                     framerate=fps)
+                       .video.filter("pad", "ceil(iw/2)*2", "ceil(ih/2)*2")  # yuv420p needs even sizes
                        .output(str(out_path), vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", crf=23,
                                movflags="+faststart")
                        .global_args("-hide_banner", "-loglevel", "error", "-y")),
@@ -71,12 +76,21 @@ def annotate_video(path: str, faces: pd.DataFrame, out_path: Path, fps: float, w
                 draw_faces(image, by_frame[analysed[position]])
             encoder.stdin.write(image.tobytes())
             index += 1
+    except BrokenPipeError:
+        pass  # the encoder died: its exit code and message are reported below
     finally:
-        encoder.stdin.close()
+        decoder.stdout.close()
+        decoder.kill()  # never left blocked writing into a pipe nobody reads
         decoder.wait()
+        try:
+            encoder.stdin.close()
+        except BrokenPipeError:
+            pass
+        message = encoder.stderr.read().decode(errors="replace").strip().splitlines()
         encoder.wait()
     if encoder.returncode != 0:
-        raise OSError(f"{out_path}: ffmpeg could not encode the annotated video")
+        detail = message[-1] if message else f"exit code {encoder.returncode}"
+        raise DataError(f"{out_path.name}: ffmpeg could not encode the annotated video ({detail})")
 
 
 def annotate_videos(results: Results, out_dir: Path) -> dict[str, Path]:
@@ -85,14 +99,21 @@ def annotate_videos(results: Results, out_dir: Path) -> dict[str, Path]:
 
     staging = Path(tempfile.mkdtemp(prefix="emojimation-annotate-"))
     files: dict[str, Path] = {}
-    for entry in results.summary["inputs"]:
-        if entry["kind"] != "video":
-            continue
-        info = probe(entry["input"])
-        faces = results.detections[results.detections["input"] == entry["input"]]
-        name = f"{Path(entry['input']).stem}.annotated.mp4"
-        if name in files:
-            name = f"{Path(entry['input']).stem}-{len(files)}.annotated.mp4"
-        annotate_video(entry["input"], faces, staging / name, info.fps, info.width, info.height)
-        files[name] = staging / name
+    try:
+        for entry in results.summary["inputs"]:
+            if entry["kind"] != "video":
+                continue
+            info = probe(entry["input"])
+            faces = results.detections[results.detections["input"] == entry["input"]]
+            stem, number = Path(entry["input"]).stem, 1
+            name = f"{stem}.annotated.mp4"
+            while name in files:  # same file name from different folders
+                number += 1
+                name = f"{stem}-{number}.annotated.mp4"
+            annotate_video(entry["input"], faces, staging / name, info.fps, info.width, info.height)
+            files[name] = staging / name
+            entry["annotated"] = name
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return files

@@ -18,6 +18,10 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
+import sqlite3
+
+import zmq
+
 from emojimation import __version__
 from emojimation import config as cfg
 from emojimation.errors import EmojimationError
@@ -114,7 +118,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     overrides = _overrides(args, cfg.AnalyseConfig)
     if args.every_frame and args.fps is not None:
         raise UsageError("--fps and --every-frame exclude each other")
-    config = cfg.load(cfg.AnalyseConfig, "analyse", args.config, overrides)
+    try:
+        config = cfg.load(cfg.AnalyseConfig, "analyse", args.config, overrides)
+    except EmojimationError as error:
+        raise UsageError(str(error)) from None
     return analyse_command(config)
 
 
@@ -204,4 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emojimation: interrupted", file=sys.stderr)
         return 130
+    except (OSError, zmq.ZMQError, sqlite3.Error) as error:  # disks, permissions, sockets, database
+        print(f"emojimation: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_FAILED

@@ -8,10 +8,12 @@ one table per command: `[analyse]`, `[detector]`, ...), environment variables
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
 import typing
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +48,7 @@ class StageLinks:
 @dataclass
 class IngestConfig(StageLinks):
     inputs: list[str] = field(default_factory=list)
-    stream_prefix: str = "run"
+    stream_prefix: str = field(default_factory=lambda: f"run-{uuid.uuid4().hex[:8]}")
     fps: float = 10.0
     every_frame: bool = False
     max_side: int = 1280  # larger frames are scaled down inside ffmpeg; boxes come back in source pixels
@@ -169,7 +171,7 @@ def _validate(config: Any) -> None:
     if detector is not None and detector not in DETECTORS:
         raise ConfigError(f"detector {detector!r}: choose one of {', '.join(DETECTORS)}")
     fps = getattr(config, "fps", None)
-    if fps is not None and fps <= 0:
+    if fps is not None and (not math.isfinite(fps) or fps <= 0):
         raise ConfigError(f"fps must be positive, got {fps}")
     for name in ("workers", "detector_workers", "max_batch"):
         value = getattr(config, name, None)

@@ -14,8 +14,9 @@ protocol version; stages count and log those and keep running.
 from __future__ import annotations
 
 import json
+import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -167,7 +168,7 @@ def _decode_array(raw: bytes, name: str, dtype: str, shape: tuple[int | None, ..
     for got, want in zip(dims, shape):
         if want is not None and got != want:
             raise MessageError(f"array {name}: shape {dims}, expected {shape}")
-    expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
+    expected = math.prod(dims) * np.dtype(dtype).itemsize
     if len(raw) - dims_end != expected:
         raise MessageError(f"array {name}: {len(raw) - dims_end} bytes for shape {dims}, expected {expected}")
     return np.frombuffer(raw, dtype=dtype, offset=dims_end).reshape(dims)
@@ -186,7 +187,7 @@ def decode(frames: list[bytes]) -> Message:
         cls = MESSAGE_TYPES[MessageType(type_code)]
         stream = header[_HEADER.size:].decode()
         meta = json.loads(frames[1])
-    except (ValueError, KeyError, UnicodeDecodeError) as error:
+    except (ValueError, KeyError, UnicodeDecodeError, RecursionError) as error:
         raise MessageError(f"bad header or metadata ({error})") from None
     if not isinstance(meta, dict):
         raise MessageError("metadata is not a JSON object")
@@ -197,7 +198,25 @@ def decode(frames: list[bytes]) -> Message:
     counts = {len(a) for name, a in arrays.items() if name != "image"}
     if len(counts) > 1:
         raise MessageError(f"{cls.__name__}: arrays disagree on the number of faces")
-    try:
-        return cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
-    except TypeError as error:
-        raise MessageError(f"{cls.__name__}: unexpected fields ({error})") from None
+    expected = _META_TYPES[cls]
+    for name, value in meta.items():
+        if name not in expected:
+            raise MessageError(f"{cls.__name__}: unexpected field {name!r}")
+        if not isinstance(value, expected[name]) or isinstance(value, bool) and bool not in expected[name]:
+            raise MessageError(f"{cls.__name__}: field {name!r} has type {type(value).__name__}")
+    return cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
+
+
+def _meta_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:
+    """JSON types each small field of `cls` may take on the wire (ints are fine for floats)."""
+    allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+               "dict[str, Any]": (dict,), "float | None": (int, float, type(None))}
+    types = {}
+    for f in fields(cls):
+        if f.name in cls.ARRAYS or f.name in ("stream", "seq", "source_time", "capture_time"):
+            continue
+        types[f.name] = allowed[str(f.type)]
+    return types
+
+
+_META_TYPES: dict[type[Message], dict[str, tuple[type, ...]]] = {cls: _meta_types(cls) for cls in MESSAGE_TYPES.values()}

@@ -85,6 +85,8 @@ def write(results: Results, out_dir: Path, extra_files: dict[str, Path] | None =
             if not any(path.parent.iterdir()):
                 path.parent.rmdir()
         written = []
+        # An earlier run's summary must not sit beside half-replaced tables.
+        (out_dir / "summary.json").unlink(missing_ok=True)
         names = [p.name for p in staging.iterdir() if p.name != "summary.json"] + ["summary.json"]
         for name in names:
             os.replace(staging / name, out_dir / name)

@@ -261,7 +261,9 @@ class Store:
         """Mark done and drop earlier results for the same file, atomically."""
         with self.transaction() as db:
             uri = db.execute("SELECT uri FROM sources WHERE id = ?", (source_id,)).fetchone()[0]
-            db.execute("DELETE FROM sources WHERE uri = ? AND id != ? AND kind != 'camera'", (uri, source_id))
+            # Only earlier, finished results: a concurrent run of the same file keeps its rows.
+            db.execute("DELETE FROM sources WHERE uri = ? AND id < ? AND kind != 'camera' "
+                       "AND status IN ('done', 'failed')", (uri, source_id))
             fields = {**self._encode_fields(fields), "status": "done", "updated_at": time.time()}
             db.execute(f"UPDATE sources SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                        (*fields.values(), source_id))

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,11 +157,20 @@ class Supervisor:
                 child.process.wait()
 
     def close(self) -> None:
-        self.stop()
-        self.status_socket.close()
-        self.context.term()
-        if self.owns_work_dir:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Stop every child and remove the work folder; a second Ctrl-C or SIGTERM cannot cut
+        this short (it would leave children and sockets behind)."""
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if in_main_thread else {}
+        try:
+            self.stop()
+            self.status_socket.close()
+            self.context.term()
+        finally:
+            if self.owns_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def __enter__(self) -> "Supervisor":
         return self
@@ -216,6 +226,9 @@ class FileRun:
     options: dict[str, Any]
     on_progress: Callable[[int], None] = lambda frames: None
     results: list[StreamResult] = field(default_factory=list)
+    by_stream: dict[str, StreamResult] = field(default_factory=dict)
+    ingest_done: bool = False
+    last_progress: float = 0.0
 
     def start(self) -> None:
         opts = self.options
@@ -237,42 +250,51 @@ class FileRun:
                                    {**fps_args, "max_side": opts["max_side"], "stream_prefix": "in",
                                     "inputs": self.inputs}))
 
+    def _apply(self, report: Status) -> None:
+        """Fold one status report into the run's state."""
+        if report.event != "progress":
+            self.last_progress = time.monotonic()
+        if report.event == "finished" and report.stage == "ingest":
+            self.ingest_done = True
+        result = self.by_stream.get(report.stream)
+        if result is None:
+            return
+        if report.event == "input-started":
+            result.expected_frames = int(report.detail.get("expected_frames", 0))
+            if result.status == "pending":  # the aggregator's "done" may arrive first
+                result.status = "started"
+        elif report.event == "input-failed":
+            result.status, result.error = "failed", report.detail.get("error", "failed")
+        elif report.event in ("progress", "done"):
+            advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
+            result.frames_analysed += advanced
+            result.source_id = report.detail.get("source_id", result.source_id)
+            if advanced:
+                self.last_progress = time.monotonic()
+                self.on_progress(advanced)
+            if report.event == "done":
+                result.status = "done"
+        elif report.event == "failed":
+            result.status, result.error = "failed", report.detail.get("error", "failed")
+            result.source_id = report.detail.get("source_id", result.source_id)
+
     def wait(self, stall_timeout_s: float = 60.0) -> list[StreamResult]:
-        by_stream = {f"in/{r.index}": r for r in self.results}
-        ingest_done = False
-        last_progress = time.monotonic()
+        self.by_stream = {f"in/{r.index}": r for r in self.results}
+        self.ingest_done = False
+        self.last_progress = time.monotonic()
+        ingest = next(c for c in self.supervisor.children if c.name == "ingest")
         while True:
             for report in self.supervisor.statuses(200):
-                result = by_stream.get(report.stream)
-                if report.event != "progress":
-                    last_progress = time.monotonic()
-                if report.event == "finished" and report.stage == "ingest":
-                    ingest_done = True
-                if result is None:
-                    continue
-                if report.event == "input-started":
-                    result.status, result.expected_frames = "started", int(report.detail.get("expected_frames", 0))
-                elif report.event == "input-failed":
-                    result.status, result.error = "failed", report.detail.get("error", "failed")
-                elif report.event in ("progress", "done"):
-                    advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
-                    result.frames_analysed += advanced
-                    result.source_id = report.detail.get("source_id", result.source_id)
-                    if advanced:
-                        last_progress = time.monotonic()
-                        self.on_progress(advanced)
-                    if report.event == "done":
-                        result.status = "done"
-                elif report.event == "failed":
-                    result.status, result.error = "failed", report.detail.get("error", "failed")
-                    result.source_id = report.detail.get("source_id", result.source_id)
-            if ingest_done and all(r.status in ("done", "failed") for r in self.results):
+                self._apply(report)
+            if self.ingest_done and all(r.status in ("done", "failed") for r in self.results):
                 return self.results
             dead = self.supervisor.dead_child(ignore={"ingest"})
             if dead is not None:
                 raise PipelineError(describe_death(dead))
-            ingest = next(c for c in self.supervisor.children if c.name == "ingest")
-            if ingest.process.poll() is not None and not ingest_done and ingest.process.returncode not in (0, 1):
-                raise PipelineError(describe_death(ingest))
-            if time.monotonic() - last_progress > stall_timeout_s:
+            if ingest.process.poll() is not None and not self.ingest_done:
+                for report in self.supervisor.statuses(500):  # it reports "finished" just before exiting
+                    self._apply(report)
+                if not self.ingest_done:
+                    raise PipelineError(describe_death(ingest))
+            if time.monotonic() - self.last_progress > stall_timeout_s:
                 raise PipelineError(f"no progress for {stall_timeout_s:.0f} s; the pipeline is stuck")

@@ -40,7 +40,21 @@ def _parse_rate(rate: str) -> float:
 
 def probe(path_text: str) -> MediaInfo:
     """Inspect an input: a video file, an image, or a folder of images. Raises DataError."""
-    path = Path(path_text)
+    try:
+        return _probe(Path(path_text))
+    except OSError as error:  # permissions, vanished files, I/O errors
+        raise DataError(f"{path_text}: cannot read ({error.strerror or error})") from None
+
+
+def _rotation(stream: dict) -> int:
+    """Display rotation in degrees (ffmpeg auto-rotates decoded frames by it)."""
+    for side in stream.get("side_data_list", []) or []:
+        if "rotation" in side:
+            return int(float(side["rotation"])) % 360
+    return int(float(stream.get("tags", {}).get("rotate", 0) or 0)) % 360
+
+
+def _probe(path: Path) -> MediaInfo:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -66,6 +80,8 @@ def probe(path_text: str) -> MediaInfo:
     stream = streams[0]
     fps = _parse_rate(stream.get("avg_frame_rate", "0/0")) or _parse_rate(stream.get("r_frame_rate", "0/0"))
     width, height = int(stream.get("width", 0)), int(stream.get("height", 0))
+    if _rotation(stream) in (90, 270):  # decoded frames come out upright: portrait
+        width, height = height, width
     if fps <= 0 or width <= 0 or height <= 0:
         raise DataError(f"{path}: video stream has no frame rate or size")
     frames = int(stream.get("nb_frames", 0) or 0)
@@ -78,7 +94,10 @@ def probe(path_text: str) -> MediaInfo:
 
 
 def read_image(path: str) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"{path}: cannot decode image (corrupt or not an image)")
@@ -125,8 +144,9 @@ def ffmpeg_video_args(path: str, ratio: float | None, size: tuple[int, int], sou
     stream = ffmpeg.input(path, **(input_args or {})).video
     if ratio is not None:
         stream = stream.filter("select", select_expression(ratio))
-    if size != source_size:
-        stream = stream.filter("scale", size[0], size[1], flags="area")
+    # Always scale to the expected size: it also pins the frame size if a stream changes
+    # resolution mid-way, so every frame is exactly the bytes the reader expects.
+    stream = stream.filter("scale", size[0], size[1], flags="area" if size != source_size else "bicubic")
     out = ffmpeg.output(stream, "pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
     return ffmpeg.compile(out.global_args("-hide_banner", "-nostdin", "-loglevel", "error", "-xerror"),
                           overwrite_output=True)

@@ -10,6 +10,8 @@ import logging
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,7 +39,15 @@ def _scaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), width / size[0]
 
 
-def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event) -> End:
+@dataclass
+class Sent:
+    """Frames sent so far on a stream: an End must carry seq = frames + 1 whatever went wrong."""
+
+    frames: int = 0
+
+
+def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
+                   counter: Sent) -> End:
     started = time.time()
     sent = 0
     for index, path in enumerate(info.images):
@@ -53,10 +63,12 @@ def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConf
         if not io.send(frame, stop):
             return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
         sent += 1
+        counter.frames = sent
     return End(stream=stream, seq=sent + 1, frames_sent=sent)
 
 
-def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event) -> End:
+def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
+                  counter: Sent) -> End:
     ratio = None if config.every_frame else sampling_ratio(info.fps, config.fps)
     width, height = output_size(info.width, info.height, config.max_side)
     args = ffmpeg_video_args(info.path, ratio, (width, height), (info.width, info.height))
@@ -82,6 +94,7 @@ def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfi
             if not io.send(frame, stop):
                 break
             sent += 1
+            counter.frames = sent
             index += 1
     finally:
         if stop.is_set():
@@ -106,7 +119,9 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
         io.report("input-failed", stream, input=path, error=str(error))
         return False
     ratio = None if (config.every_frame or info.kind == "image") else sampling_ratio(info.fps, config.fps)
-    start = Start(stream=stream, seq=0, capture_time=time.time(), kind=info.kind, uri=path, name=path,
+    # The URI identifies the file across runs (re-analysis replaces by URI): the absolute path.
+    uri = str(Path(path).resolve())
+    start = Start(stream=stream, seq=0, capture_time=time.time(), kind=info.kind, uri=uri, name=path,
                   source_fps=info.fps, width=info.width, height=info.height,
                   expected_frames=expected_frames(info.frames, ratio) if info.kind == "video" else info.frames,
                   options={"fps": None if config.every_frame else config.fps})
@@ -115,7 +130,11 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
         return False
     logger.info("streaming %s as %s (%s, %d frames to analyse)", redact(path), stream, info.kind,
                 start.expected_frames)
-    end = (_stream_images if info.kind == "image" else _stream_video)(io, stream, info, config, stop)
+    counter = Sent()
+    try:
+        end = (_stream_images if info.kind == "image" else _stream_video)(io, stream, info, config, stop, counter)
+    except (OSError, ValueError) as error:  # e.g. a file that vanished or a pipe that broke
+        end = End(stream=stream, seq=counter.frames + 1, frames_sent=counter.frames, error=f"{path}: {error}")
     io.send(end, stop)
     if end.error:
         logger.error("%s", end.error)

@@ -73,6 +73,10 @@ def _corrupt_variants():
         "wrong crop shape": [*good[:-1], encode(Frame(stream="x", seq=1, image=np.zeros((2, 2, 3), np.uint8)))[2]],
         "arrays disagree": [good[0], good[1], good[2], encode(Faces(stream="x", seq=1))[3], good[4]],
         "unexpected field": [good[0], json.dumps({"frame_index": 1, "error": "", "bogus": 1}).encode(), *good[2:]],
+        "wrong field type": [good[0], json.dumps({"frame_index": None, "error": ""}).encode(), *good[2:]],
+        "bool for int": [good[0], json.dumps({"frame_index": True, "error": ""}).encode(), *good[2:]],
+        "deeply nested json": [good[0], b"[" * 100_000, *good[2:]],
+        "huge shape": [*good[:-1], struct.pack("!B", 3) + struct.pack("!3I", 2**31, 2**31, 4)],
     }
 
 
