@@ -240,6 +240,9 @@ def test_short_run_writes_a_loadable_model(seed0_run, small_fer):
     assert meta["labels"] == list(FER_ORDER)
     assert isinstance(meta["temperature"], float) and 0.0 < meta["temperature"] < 100.0
     assert meta["train_config"]["seed"] == 0 and meta["train_config"]["width"] == 8
+    # The shipped weights are chosen on the hold-out slice: best epoch or the last epochs' average.
+    assert meta["weights"] in ("best epoch 1", "best epoch 2", "best epoch 3", "average of epochs 1-3")
+    assert any(ln.startswith("hold-out accuracy: best epoch") for ln in lines)
 
     history = _history(out)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3]
