@@ -46,9 +46,13 @@ class TrainConfig:
     warmup_epochs: int = 2
     holdout_fraction: float = 0.05
     class_weight_power: float = 0.3  # 0 = none, 1 = inverse frequency; mild keeps accuracy
-    # Average the weights of the last N epochs (kept if better on the hold-out slice; 0/1 = off).
-    # Measured on this model: +1.3 to +2 points of hold-out accuracy over the last single epoch.
-    average_last: int = 8
+    # Ship the average of the last N epochs' weights (0/1 = the best single epoch instead).
+    # Measured on the shipped run (models/README.md): val accuracy with flip TTA 69.99 % for the
+    # last epoch alone, 69.99 % for the last 8 averaged, 70.24 % for the last 24.
+    average_last: int = 24
+    # Horizontal-flip test-time augmentation on by default: +1.0 point of val accuracy for
+    # twice the classifier compute, which is not the pipeline's bottleneck.
+    flip_tta: bool = True
     width: int = 32
     seed: int = 0
     limit: int | None = None  # train on the first N faces of a shuffled subset (tests, smoke runs)
@@ -263,24 +267,23 @@ def run(config: TrainConfig) -> Path:
     last_epochs = sorted(epochs_dir.glob("epoch_*.weights.h5"), key=lambda p: int(p.stem.split("_")[1].split(".")[0]))
     last_epochs = last_epochs[-config.average_last:] if config.average_last > 1 else []
     if len(last_epochs) > 1:
-        best_weights = final.get_weights()
         average_weight_files(final, last_epochs)
-        averaged = holdout_accuracy()
         numbers = [int(p.stem.split("_")[1].split(".")[0]) for p in last_epochs]
-        print(f"hold-out accuracy: {choice['weights']} {choice['holdout_accuracy']:.4f}, average of epochs "
-              f"{numbers[0]}-{numbers[-1]} {averaged:.4f}", flush=True)
-        if averaged > choice["holdout_accuracy"]:
-            choice = {"weights": f"average of epochs {numbers[0]}-{numbers[-1]}", "holdout_accuracy": averaged}
-        else:
-            final.set_weights(best_weights)
+        averaged = {"weights": f"average of epochs {numbers[0]}-{numbers[-1]}", "holdout_accuracy": holdout_accuracy()}
+        print(f"hold-out accuracy: {choice['weights']} {choice['holdout_accuracy']:.4f}, "
+              f"{averaged['weights']} {averaged['holdout_accuracy']:.4f}", flush=True)
+        choice = averaged
     model_path = out / MODEL_FILENAME
     tmp_model = out / f".{MODEL_FILENAME}.tmp.keras"
     final.save(tmp_model)
     os.replace(tmp_model, model_path)
     hold_logits = final.predict(x_hold, batch_size=256, verbose=0)
+    if config.flip_tta:  # calibrate the logits the product will use: the mean with the mirror image
+        hold_logits = (hold_logits + final.predict(x_hold[:, :, ::-1, :], batch_size=256, verbose=0)) / 2
     temperature = fit_temperature(hold_logits, y_hold)
     ModelInfo(
         temperature=temperature,
+        flip_tta=config.flip_tta,
         extra={
             "name": "emojimation_cnn",
             "trained_on": str(config.data),
