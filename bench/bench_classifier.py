@@ -36,7 +36,9 @@ def tflite_interpreter(model, path: Path, threads: int):
     from ai_edge_litert.interpreter import Interpreter
 
     model.export(str(path), format="litert", verbose=False)
-    return Interpreter(model_path=str(path), num_threads=threads)
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def main() -> None:
