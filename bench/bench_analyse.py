@@ -82,7 +82,7 @@ def measure(command: list[str], cwd: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--detector", default="blazeface")
+    parser.add_argument("--detector", default="blazeface-full")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))

@@ -38,7 +38,7 @@ class CropGeometry:
 DETECTOR_CROPS: dict[str, CropGeometry] = {
     "haar": CropGeometry(margin=0.0, shift_y=0.0),
     "blazeface": CropGeometry(margin=0.1, shift_y=-0.1),
-    "blazeface-full": CropGeometry(margin=0.1, shift_y=-0.05),
+    "blazeface-full": CropGeometry(margin=0.05, shift_y=-0.05),
 }
 DEFAULT_MARGIN = 0.0
 
