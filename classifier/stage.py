@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from emojimation.config import ClassifierConfig
 from emojimation.messages import Classified, Faces, Message
-from emojimation.model_io import EmotionModel, configure_tensorflow_threads
+from emojimation.model_io import EmotionModel, configure_tensorflow_threads, default_pipeline_model
 from emojimation.runtime import StageIO
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified
 
 def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
-    configure_tensorflow_threads(config.threads, 1)
     flip = {"auto": None, "on": True, "off": False}[config.flip_tta]
-    model = EmotionModel(config.model or None, flip_tta=flip, precision=config.precision)
+    model_path = Path(config.model) if config.model else default_pipeline_model()
+    if model_path.suffix != ".tflite":  # LiteRT models never load TensorFlow
+        configure_tensorflow_threads(config.threads, 1)
+    model = EmotionModel(model_path, flip_tta=flip, precision=config.precision, threads=config.threads)
     model.probabilities(np.zeros((1, 48, 48), np.uint8))  # trace once before reporting ready
     io = StageIO("classifier", config.connect, config.bind, config.status)
     pending: list[Faces] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from emojimation.config import AnalyseConfig, default_store_url
 from emojimation.errors import DataError, EmojimationError
-from emojimation.model_io import DEFAULT_MODEL_PATH, ModelInfo, metadata_path
+from emojimation.model_io import ModelInfo, default_pipeline_model, metadata_path
 from emojimation.results import Results, collect, write
 from emojimation.store import Store
 from emojimation.supervisor import FileRun, PipelineError, Supervisor
@@ -49,7 +49,7 @@ def _frames_to_analyse(info: MediaInfo, config: AnalyseConfig) -> int:
 
 
 def model_summary(model: str) -> dict[str, Any]:
-    path = Path(model) if model else DEFAULT_MODEL_PATH
+    path = Path(model) if model else default_pipeline_model()
     info = ModelInfo.load(metadata_path(path))
     return {"path": str(path), "name": info.extra.get("name", path.stem), "temperature": info.temperature,
             "flip_tta": info.flip_tta, "labels": info.labels}

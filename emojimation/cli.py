@@ -98,9 +98,6 @@ def _run_detector(config, stop) -> int:
 
 
 def _run_classifier(config, stop) -> int:
-    from emojimation.model_io import quiet_tensorflow
-
-    quiet_tensorflow()
     from classifier import run
 
     return run(config, stop)

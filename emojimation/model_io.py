@@ -24,6 +24,14 @@ from emojimation.preprocess import INPUT_SIZE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.keras"
+# The same weights exported for LiteRT: the pipeline's classifier uses it by default, because
+# it starts in well under a second instead of importing TensorFlow (~2.5 s), which dominates
+# short files (docs/benchmarks.md). `evaluate` and `--model` users get the Keras file.
+DEFAULT_PIPELINE_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.tflite"
+
+
+def default_pipeline_model() -> Path:
+    return DEFAULT_PIPELINE_MODEL_PATH if DEFAULT_PIPELINE_MODEL_PATH.is_file() else DEFAULT_MODEL_PATH
 
 
 @dataclass
