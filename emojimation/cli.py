@@ -36,7 +36,7 @@ HELP = {
     "input": "video files, images or folders of images",
     "detector": f"face detector backend ({', '.join(cfg.DETECTORS)})",
     "store": "results database URL (default sqlite under $EMOJIMATION_HOME)",
-    "model": "model file (default: the shipped models/emojimation_cnn.keras)",
+    "model": "model file, .keras or .tflite (default: the shipped models/emojimation_cnn.tflite in the pipeline, .keras elsewhere)",
 }
 
 
