@@ -100,8 +100,9 @@ class BlazeFaceDetector:
     VARIANTS = {
         # name: (file, input size, strides, anchors per layer, score threshold)
         "short": ("face_detection_short_range.tflite", 128, [8, 16, 16, 16], 2, 0.5),
-        # Full range at 0.3: on megamind.avi every extra face it finds down to 0.3 is a real
-        # (small, background) face; below 0.3 false ones appear (docs/benchmarks.md).
+        # Full range at 0.3: on megamind.avi the second faces it finds down to 0.3 were real
+        # (small, background) faces in every frame checked by eye; below 0.3, frames with
+        # three or more faces appear (docs/benchmarks.md).
         "full": ("face_detection_full_range.tflite", 192, [4], 1, 0.3),
     }
 
