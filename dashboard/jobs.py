@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emojimation.config import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
 logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "emojimation_dashboard_jobs"
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # the browser sends the whole file base64-encoded in one request
 STOP_GRACE_S = 10.0

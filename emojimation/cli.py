@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(section, help=text)
         stage.add_argument("--config", help=f"TOML settings file ([{section}] table)")
         stage.add_argument("--log-level", default="WARNING")
-        add_dataclass_flags(stage, cls, skip={"metrics_port"})
+        add_dataclass_flags(stage, cls)
         stage.set_defaults(handler=_stage_command(section, cls, runner))
     return parser
 

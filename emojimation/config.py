@@ -21,6 +21,10 @@ from typing import Any, TypeVar
 from emojimation.errors import ConfigError
 
 ENV_PREFIX = "EMOJIMATION_"
+# Input files by name: images are read by OpenCV; videos are whatever ffmpeg reads (ingest
+# probes every non-image file), and this list only says which uploads the dashboard offers.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 DETECTORS = ("haar", "blazeface", "blazeface-full")
 
 
@@ -42,7 +46,6 @@ class StageLinks:
     connect: list[str] = field(default_factory=list)
     bind: str = ""
     status: str = ""  # the supervisor's status socket (optional when a stage runs alone)
-    metrics_port: int = 0  # reserved for Prometheus metrics (deploy issue); 0 = off
 
 
 @dataclass

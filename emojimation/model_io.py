@@ -239,11 +239,6 @@ class EmotionModel:
     def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
         return softmax(self.logits(faces, flip_tta) / self.info.temperature)
 
-    def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "temperature": self.info.temperature, "flip_tta": self.flip_tta,
-                "precision": self.precision,
-                "labels": list(EMOTIONS), **{k: v for k, v in self.info.extra.items() if k in ("name", "version")}}
-
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)

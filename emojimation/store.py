@@ -26,8 +26,6 @@ import pandas as pd
 from emojimation.emotions import EMOTIONS
 from emojimation.errors import ConfigError
 
-FILE_STATUSES = ("queued", "analysing", "done", "failed")
-CAMERA_STATUSES = ("connecting", "live", "disconnected", "stopped")
 PROB_COLUMNS = [f"p_{e}" for e in EMOTIONS]
 SMOOTHED_COLUMNS = [f"s_{e}" for e in EMOTIONS]
 MEAN_COLUMNS = [f"mean_{e}" for e in EMOTIONS]

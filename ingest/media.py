@@ -11,10 +11,9 @@ import cv2
 import ffmpeg
 import numpy as np
 
+from emojimation.config import IMAGE_SUFFIXES
 from emojimation.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif"}
 
 
 @dataclass

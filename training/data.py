@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emojimation.config import IMAGE_SUFFIXES
 from emojimation.emotions import EMOTION_INDEX, EMOTIONS
 from emojimation.errors import DataError
 from emojimation.preprocess import INPUT_SIZE, face_input
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
 CSV_USAGES = ("Training", "PublicTest", "PrivateTest")
 # Folder names users have for the splits of the CSV.
 SPLIT_ALIASES = {
