@@ -102,6 +102,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_at ON events (at);
     """,
+    # 2: live cameras drop stale frames rather than lag; count them per source.
+    """
+    ALTER TABLE sources ADD COLUMN frames_dropped INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX faces_captured ON faces (captured_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -281,6 +286,38 @@ class Store:
             (source_id, time.time() if at is None else at, kind, message, json.dumps(data or {})),
         )
         return int(cursor.lastrowid)
+
+    def open_camera(self, uri: str, name: str, **fields: Any) -> int:
+        """The camera's source row, reused across runs so its timeline continues; status `connecting`."""
+        row = self.db.execute("SELECT id FROM sources WHERE kind = 'camera' AND uri = ? ORDER BY id DESC LIMIT 1",
+                              (uri,)).fetchone()
+        if row is None:
+            return self.create_source("camera", uri, name, "connecting", **fields)
+        self.update_source(int(row[0]), name=name, status="connecting", error=None, **fields)
+        return int(row[0])
+
+    def set_camera_status(self, source_id: int, status: str, message: str, data: dict[str, Any] | None = None,
+                          at: float | None = None) -> None:
+        """A camera's status change and its event, together (the dashboard shows both)."""
+        at = time.time() if at is None else at
+        with self.transaction() as db:
+            db.execute("UPDATE sources SET status = ?, updated_at = ? WHERE id = ?", (status, at, source_id))
+            db.execute("INSERT INTO events (source_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+                       (source_id, at, f"camera-{status}", message, json.dumps(data or {})))
+
+    def delete_before(self, cutoff: float) -> dict[str, int]:
+        """Retention: camera face rows captured before `cutoff` (Unix time), tracks left with no
+        rows, and events before it. Results of analysed files are kept until deleted by hand."""
+        with self.transaction() as db:
+            cameras = "SELECT id FROM sources WHERE kind = 'camera'"
+            faces = db.execute(f"DELETE FROM faces WHERE captured_at < ? AND source_id IN ({cameras})",
+                               (cutoff,)).rowcount
+            orphan = (f"source_id IN ({cameras}) AND NOT EXISTS (SELECT 1 FROM faces f WHERE "
+                      "f.source_id = {t}.source_id AND f.track_id = {t}.track_id)")
+            db.execute("DELETE FROM segments WHERE " + orphan.format(t="segments"))
+            tracks = db.execute("DELETE FROM tracks WHERE " + orphan.format(t="tracks")).rowcount
+            events = db.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
+        return {"faces": faces, "tracks": tracks, "events": events}
 
     def delete_source(self, source_id: int) -> None:
         with self.transaction() as db:
