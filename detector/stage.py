@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -46,12 +47,17 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:
         geometry = CropGeometry(config.margin, geometry.shift_y)
-    io = StageIO("detector", config.connect, config.bind, config.status)
+    io = StageIO.from_config("detector", config)
     try:
         io.report("ready", detector=config.detector)
         while not stop.is_set():
             message = io.receive()
-            if message is not None and not io.send(handle(message, detector, geometry, io), stop):
+            if message is None:
+                continue
+            if config.max_age_s and isinstance(message, Frame) and time.time() - message.capture_time > config.max_age_s:
+                io.counters.drop("stale")  # live: the newest frame wins; the aggregator counts the gap
+                continue
+            if not io.send(handle(message, detector, geometry, io), stop):
                 break
         return 0
     finally:

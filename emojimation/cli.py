@@ -18,13 +18,11 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
-import sqlite3
-
 import zmq
 
 from emojimation import __version__
 from emojimation import config as cfg
-from emojimation.errors import EmojimationError
+from emojimation.errors import EmojimationError, database_errors, redact_url
 
 logger = logging.getLogger("emojimation")
 
@@ -37,6 +35,12 @@ HELP = {
     "detector": f"face detector backend ({', '.join(cfg.DETECTORS)})",
     "store": "results database URL (default sqlite under $EMOJIMATION_HOME)",
     "model": "model file, .keras or .tflite (default: the shipped models/emojimation_cnn.tflite in the pipeline, .keras elsewhere)",
+    "listen": "address this stage's input binds on, for upstream workers that --push to it",
+    "push": "address(es) this stage's output connects to, e.g. a relay or an aggregator's --listen (repeatable)",
+    "curve_dir": "CurveZMQ keys folder (`emojimation keys generate DIR`): encrypt and authenticate every tcp:// link",
+    "metrics_port": "serve Prometheus metrics on this port at /metrics (default 0: off)",
+    "metrics_host": "address the metrics server binds (default 127.0.0.1)",
+    "log_format": "text | json (one JSON object per line)",
 }
 
 
@@ -54,6 +58,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[st
         elif origin is list:
             if f.name == "connect":
                 parser.add_argument(flag, action="append", default=None, metavar="ADDR", help=HELP.get(f.name))
+            elif f.name == "push":  # `--push A --push B` and `--push A B` both work
+                parser.add_argument(flag, action="extend", nargs="+", default=None, metavar="ADDR",
+                                    help=HELP.get(f.name))
             else:
                 parser.add_argument(flag, nargs="+", default=None, dest=f.name, help=HELP.get(f.name))
         else:
@@ -72,8 +79,8 @@ def _stage_command(section: str, cls: type, runner: Callable[[Any, Any], int]) -
     def command(args: argparse.Namespace) -> int:
         from emojimation.runtime import setup_logging, stop_event_on_signals
 
-        setup_logging(args.log_level, f"emojimation.{section}")
         config = cfg.load(cls, section, args.config, _overrides(args, cls))
+        setup_logging(args.log_level, f"emojimation.{section}", getattr(config, "log_format", "text"))
         code = runner(config, stop_event_on_signals())
         # Sockets are closed and results flushed by now. Skip the interpreter's teardown, which
         # takes seconds once TensorFlow is loaded, so a stopped stage is gone at once.
@@ -109,6 +116,22 @@ def _run_aggregator(config, stop) -> int:
     return run(config, stop)
 
 
+def _run_relay(config, stop) -> int:
+    from emojimation.relay import run
+
+    return run(config, stop)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from emojimation.security import generate_keys
+
+    for pair in generate_keys(args.dir, args.name):
+        state = "created" if pair.created else "kept existing"
+        print(f"{state} {pair.name} keys: {pair.public} (public), {pair.secret} (secret)")
+    print(f"authorised clients: {Path(args.dir) / 'authorized'}/*.key")
+    return EXIT_OK
+
+
 def cmd_analyse(args: argparse.Namespace) -> int:
     from emojimation.analysis import analyse_command
 
@@ -120,6 +143,22 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     except EmojimationError as error:
         raise UsageError(str(error)) from None
     return analyse_command(config)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from emojimation.monitor import check_config_command, monitor_command, plan
+    from emojimation.runtime import setup_logging
+
+    if args.check_config:
+        return check_config_command(args.check_config)
+    setup_logging(args.log_level)
+    sources = list(args.sources or []) + list(args.name or [])
+    result, problems = plan(sources, args.config, _overrides(args, cfg.MonitorConfig))
+    if problems:
+        for problem in problems:
+            print(f"emojimation: config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return monitor_command(result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     analyse.set_defaults(handler=cmd_analyse)
 
+    monitor = sub.add_parser("monitor", help="analyse live cameras (RTSP, HTTP, webcams) until Ctrl-C")
+    monitor.add_argument("sources", nargs="*", metavar="SOURCE",
+                         help="camera: rtsp://..., http(s)://... (MJPEG, HLS), /dev/videoN or an index, or a "
+                              "file (with --loop: a simulated camera); NAME=URL names it")
+    monitor.add_argument("--name", action="append", metavar="NAME=URL", help="a named camera (repeatable)")
+    monitor.add_argument("--config", help="TOML or YAML file: [monitor] settings, [[cameras]], [[alerts]]")
+    monitor.add_argument("--check-config", metavar="FILE", help="validate FILE, report every problem, and exit")
+    monitor.add_argument("--log-level", default="INFO")
+    add_dataclass_flags(monitor, cfg.MonitorConfig, skip={"sources"})
+    monitor.set_defaults(handler=cmd_monitor)
+
     from training.train import TrainConfig  # light: TensorFlow is imported inside run()
 
     train = sub.add_parser("train", help="train the emotion CNN on FER2013 (resumes automatically)")
@@ -183,12 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("detector", cfg.DetectorConfig, _run_detector, "run a detector worker alone"),
         ("classifier", cfg.ClassifierConfig, _run_classifier, "run a classifier worker alone"),
         ("aggregator", cfg.AggregatorConfig, _run_aggregator, "run the aggregator alone"),
+        ("relay", cfg.RelayConfig, _run_relay, "forward messages between a pool of workers and a fixed address"),
     ):
         stage = sub.add_parser(section, help=text)
         stage.add_argument("--config", help=f"TOML settings file ([{section}] table)")
         stage.add_argument("--log-level", default="WARNING")
         add_dataclass_flags(stage, cls)
         stage.set_defaults(handler=_stage_command(section, cls, runner))
+
+    keys = sub.add_parser("keys", help="CurveZMQ keys for encrypted, authenticated links between hosts")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    generate = keys_sub.add_parser("generate", help="create DIR/server.key(_secret), DIR/client.key(_secret) and "
+                                                    "DIR/authorized/ (existing keys are kept)")
+    generate.add_argument("dir", metavar="DIR", help="keys folder (created if missing)")
+    generate.add_argument("--name", default=None, help="also create DIR/NAME.key(_secret), an extra authorised "
+                                                       "client pair for another host")
+    generate.set_defaults(handler=cmd_keys)
     return parser
 
 
@@ -208,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emojimation: interrupted", file=sys.stderr)
         return 130
-    except (OSError, zmq.ZMQError, sqlite3.Error) as error:  # disks, permissions, sockets, database
-        print(f"emojimation: error: {error}", file=sys.stderr)
+    except (OSError, zmq.ZMQError, *database_errors()) as error:  # disks, permissions, sockets, database
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"emojimation: error: {redact_url(lines[0])}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED

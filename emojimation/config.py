@@ -26,6 +26,7 @@ ENV_PREFIX = "EMOJIMATION_"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 DETECTORS = ("haar", "blazeface", "blazeface-full")
+LOG_FORMATS = ("text", "json")
 
 
 def data_dir() -> Path:
@@ -41,11 +42,24 @@ def default_store_url() -> str:
 
 @dataclass
 class StageLinks:
-    """Addresses: each stage binds its output and connects to its upstreams' outputs."""
+    """Addresses: each stage binds its output and connects to its upstreams' outputs, or (listen,
+    push) binds its input and connects its output, e.g. for a pool of workers across hosts."""
 
     connect: list[str] = field(default_factory=list)
     bind: str = ""
     status: str = ""  # the supervisor's status socket (optional when a stage runs alone)
+    listen: str = ""  # the input (PULL) socket binds here, e.g. an aggregator that scaled classifiers push to
+    push: list[str] = field(default_factory=list)  # the output (PUSH) socket connects to these
+    curve_dir: str = ""  # CurveZMQ keys folder: tcp:// links encrypted and authenticated (emojimation.security)
+    metrics_port: int = 0  # serve Prometheus metrics at http://metrics_host:metrics_port/metrics (0 = off)
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"  # text | json (one JSON object per line)
+
+
+@dataclass
+class RelayConfig(StageLinks):
+    """`emojimation relay`: a stateless forwarder from its input (listen/connect) to its output
+    (bind/push), where a pool of scaled workers must meet a fixed address."""
 
 
 @dataclass
@@ -55,6 +69,15 @@ class IngestConfig(StageLinks):
     fps: float = 10.0
     every_frame: bool = False
     max_side: int = 1280  # larger frames are scaled down inside ffmpeg; boxes come back in source pixels
+    # Live camera mode (one camera per ingest process; `emojimation monitor` starts them):
+    camera: str = ""  # rtsp://, http(s)://, /dev/videoN, a webcam index, or a file (a simulated camera)
+    name: str = ""  # the camera's name in the store and dashboard (default: its URL without credentials)
+    loop: bool = False  # a file camera starts again at its end
+    rtsp_transport: str = "tcp"  # tcp | udp
+    stall_s: float = 5.0  # no frame for this long = disconnected: restart ffmpeg
+    backoff_s: float = 0.5  # first reconnect delay; doubles per failure, with jitter ...
+    backoff_max_s: float = 30.0  # ... up to this
+    preview_bind: str = ""  # PUB the frames here for `monitor --preview` (empty = off)
 
 
 @dataclass
@@ -64,6 +87,7 @@ class DetectorConfig(StageLinks):
     min_face: int = 24  # pixels in the (possibly downscaled) frame
     margin: float | None = None  # crop margin; None = the preprocessing default
     threads: int = 1
+    max_age_s: float = 0.0  # live: frames captured longer ago are dropped as stale (0 = never)
 
 
 @dataclass
@@ -85,6 +109,11 @@ class AggregatorConfig(StageLinks):
     track_max_gap_s: float = 1.0  # a face unseen for longer starts a new track
     track_min_iou: float = 0.2
     model_name: str = ""
+    # Live cameras:
+    reorder_window_s: float = 0.5  # a missing (dropped) camera frame is waited for this long, then skipped
+    alert_rules: str = ""  # JSON list of alert rules (the monitor passes its config file's [[alerts]])
+    retention_days: float = 0.0  # delete camera rows captured longer ago (0 = keep everything)
+    results_bind: str = ""  # PUB tracked faces here for `monitor --preview` (empty = off)
 
 
 @dataclass
@@ -105,6 +134,32 @@ class AnalyseConfig:
     max_side: int = 1280
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
+
+
+@dataclass
+class MonitorConfig:
+    """`emojimation monitor`: live cameras until SIGINT/SIGTERM. Cameras and alert rules may also
+    come from the config file's [[cameras]] and [[alerts]] tables (emojimation.monitor)."""
+
+    sources: list[str] = field(default_factory=list)  # URL or NAME=URL
+    fps: float = 5.0
+    detector: str = "blazeface-full"
+    model: str = ""
+    workers: int = 1  # classifier workers
+    detector_workers: int = 1
+    store: str = ""
+    loop: bool = False
+    rtsp_transport: str = "tcp"
+    stall_s: float = 5.0
+    backoff_max_s: float = 30.0
+    max_age_s: float = 1.0  # frames older than this when a detector gets them are dropped (newest wins)
+    retention_days: float = 0.0
+    preview: bool = False
+    stages: str = "all"  # all | ingest (only the camera ingests, pushing to `push`: see docs/deploy.md)
+    push: str = ""
+    max_side: int = 1280
+    status_every_s: float = 30.0  # how often a per-camera status line is logged
+    json: bool = False  # print a JSON summary per camera on stdout at exit
 
 
 T = TypeVar("T")
@@ -141,11 +196,12 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 
 def load(cls: type[T], section: str, config_file: str | None = None, overrides: dict[str, Any] | None = None,
-         environ: dict[str, str] | None = None) -> T:
-    """Build `cls` from defaults < TOML file section < environment < explicit overrides."""
+         environ: dict[str, str] | None = None, file_values: dict[str, Any] | None = None) -> T:
+    """Build `cls` from defaults < TOML file section (or `file_values`, already read and
+    checked by the caller) < environment < explicit overrides."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(file_values or {})
     if config_file:
         try:
             table = tomllib.loads(Path(config_file).read_text()).get(section, {})
@@ -176,7 +232,15 @@ def _validate(config: Any) -> None:
     fps = getattr(config, "fps", None)
     if fps is not None and (not math.isfinite(fps) or fps <= 0):
         raise ConfigError(f"fps must be positive, got {fps}")
+    transport = getattr(config, "rtsp_transport", None)
+    if transport is not None and transport not in ("tcp", "udp"):
+        raise ConfigError(f"rtsp_transport {transport!r}: choose tcp or udp")
     for name in ("workers", "detector_workers", "max_batch"):
         value = getattr(config, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if isinstance(config, StageLinks):
+        if config.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format {config.log_format!r}: choose one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= config.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be between 0 (off) and 65535, got {config.metrics_port}")

@@ -44,6 +44,7 @@ class MessageType(IntEnum):
     CLASSIFIED = 4  # the same faces with calibrated emotion probabilities
     END = 5  # a stream ended (completely or with an error)
     STATUS = 6  # a stage reports to the supervisor (ready, progress, done, error)
+    TRACKED = 7  # classified faces with their track IDs (the aggregator's live output, e.g. for --preview)
 
 
 @dataclass
@@ -117,6 +118,15 @@ class Classified(Faces):
 
 
 @dataclass
+class Tracked(Classified):
+    TYPE: ClassVar[MessageType] = MessageType.TRACKED
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {
+        **Classified.ARRAYS, "track_ids": ("<i8", (None,)),
+    }
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+
+@dataclass
 class End(Message):
     """Sent with seq = one past the last frame, so a re-ordering receiver knows when it has all."""
 
@@ -140,7 +150,7 @@ class Status(Message):
 
 
 MESSAGE_TYPES: dict[MessageType, type[Message]] = {
-    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, End, Status)
+    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, Tracked, End, Status)
 }
 
 
@@ -205,6 +215,20 @@ def decode(frames: list[bytes]) -> Message:
         if not isinstance(value, expected[name]) or isinstance(value, bool) and bool not in expected[name]:
             raise MessageError(f"{cls.__name__}: field {name!r} has type {type(value).__name__}")
     return cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
+
+
+def peek_type(header: bytes) -> MessageType:
+    """A message's type from its header frame alone (magic, version and type checked, nothing
+    else decoded): enough for a relay that forwards messages unchanged."""
+    if len(header) < _HEADER.size or header[:2] != MAGIC:
+        raise MessageError("bad header (not an Emojimation message)")
+    _magic, version, type_code, *_ = _HEADER.unpack_from(header)
+    if version != PROTOCOL_VERSION:
+        raise MessageError(f"protocol version {version}, expected {PROTOCOL_VERSION}", reason="version")
+    try:
+        return MessageType(type_code)
+    except ValueError:
+        raise MessageError(f"unknown message type {type_code}") from None
 
 
 def _meta_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:

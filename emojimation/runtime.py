@@ -1,8 +1,17 @@
-"""What every stage process shares: logging, stop signals, sockets, counters, status reports."""
+"""What every stage process shares: logging, stop signals, sockets, counters, status reports.
+
+Links (`StageIO.from_config`, the StageLinks settings): a stage's input PULL socket connects to
+`connect` and/or binds `listen`; its output PUSH socket binds `bind` and/or connects to `push`.
+With `curve_dir`, every tcp:// endpoint is CurveZMQ-encrypted and authenticated
+(emojimation.security). With `metrics_port`, the stage serves Prometheus metrics
+(emojimation.metrics; stages update them through `io.metrics`).
+"""
 
 from __future__ import annotations
 
+import datetime
 import faulthandler
+import json
 import logging
 import os
 import re
@@ -15,7 +24,9 @@ from typing import Any
 
 import zmq
 
-from emojimation.messages import Message, MessageError, Status, decode, encode
+from emojimation.messages import Faces, Frame, Message, MessageError, Status, decode, encode
+from emojimation.metrics import StageMetrics
+from emojimation.security import LinkSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +40,36 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", text)
 
 
-def setup_logging(level: str = "INFO", process_name: str = "") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT, stream=sys.stderr)
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, stage, logger, message."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "stage": self.stage,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", process_name: str = "", log_format: str = "text") -> None:
+    """Log to stderr as text, or with `log_format="json"` as one JSON object per line (the
+    stage is the last part of `process_name`, e.g. "detector" for "emojimation.detector")."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(process_name.rsplit(".", 1)[-1] if process_name else ""))
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     for noisy in ("tensorflow", "absl", "keras", "h5py", "matplotlib", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     faulthandler.enable()
@@ -57,13 +96,17 @@ def stop_event_on_signals() -> threading.Event:
 
 @dataclass
 class Counters:
-    """Per-stage counts, exposed as metrics by the deploy issue and reported in status messages."""
+    """Per-stage counts, reported in status messages and served as metrics (emojimation.metrics)."""
 
     received: int = 0
     sent: int = 0
     dropped: int = 0
     errors: int = 0
     drop_reasons: dict[str, int] = field(default_factory=dict)
+    frames_in: int = 0  # received messages that carry a frame (Frame, Faces, Classified), not stream control
+    frames_out: int = 0
+    malformed: int = 0  # received messages that could not be decoded (also counted in drop_reasons)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused Curve handshakes, by reason
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -71,39 +114,71 @@ class Counters:
 
     def as_dict(self) -> dict[str, Any]:
         return {"received": self.received, "sent": self.sent, "dropped": self.dropped, "errors": self.errors,
-                "drop_reasons": dict(self.drop_reasons)}
+                "drop_reasons": dict(self.drop_reasons), "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "malformed": self.malformed, "rejected": dict(self.rejected)}
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 class StageIO:
-    """A stage's sockets: PULL from upstream outputs, PUSH on its own bound output, PUSH status."""
+    """A stage's sockets: PULL input (connects to `connect`, binds `listen`), PUSH output (binds
+    `bind`, connects to `push`), PUSH status; Curve on tcp:// with `curve_dir`; metrics."""
 
-    def __init__(self, stage: str, connect: list[str], bind: str, status: str) -> None:
+    def __init__(self, stage: str, connect: list[str], bind: str, status: str, *, listen: str = "",
+                 push: list[str] | tuple[str, ...] = (), curve_dir: str = "", metrics_port: int = 0,
+                 metrics_host: str = "127.0.0.1") -> None:
         self.stage = stage
         self.context = zmq.Context()
         self.counters = Counters()
+        self.metrics = StageMetrics(stage, self.counters)
         self.input: zmq.Socket | None = None
         self.output: zmq.Socket | None = None
         self.status: zmq.Socket | None = None
-        if connect:
-            self.input = self.context.socket(zmq.PULL)
-            self.input.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-            self.input.setsockopt(zmq.LINGER, 0)
-            for address in connect:
-                self.input.connect(address)
-        if bind:
-            self.output = self.context.socket(zmq.PUSH)
-            self.output.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-            self.output.setsockopt(zmq.LINGER, 2000)
-            self.output.setsockopt(zmq.SNDTIMEO, 200)
-            try:
-                self.output.bind(bind)
-            except zmq.ZMQError as error:
-                raise OSError(f"{stage}: cannot bind {bind} ({error})") from None
-        if status:
-            self.status = self.context.socket(zmq.PUSH)
-            self.status.setsockopt(zmq.LINGER, 2000)
-            self.status.setsockopt(zmq.SNDHWM, 1000)
-            self.status.connect(status)
+        self.security: LinkSecurity | None = None
+        try:
+            self.security = LinkSecurity(self.context, stage, curve_dir, on_refused=self.counters.reject)
+            if connect or listen:
+                self.input = self.context.socket(zmq.PULL)
+                self.input.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+                self.input.setsockopt(zmq.LINGER, 0)
+                if listen:
+                    self.security.bind(self.input, listen)
+                for address in connect:
+                    self.security.connect(self.input, address)
+            if bind or push:
+                self.output = self.context.socket(zmq.PUSH)
+                self.output.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+                self.output.setsockopt(zmq.LINGER, 2000)
+                self.output.setsockopt(zmq.SNDTIMEO, 200)
+                if bind:
+                    self.security.bind(self.output, bind)
+                for address in push:
+                    self.security.connect(self.output, address)
+            if status:
+                self.status = self.context.socket(zmq.PUSH)
+                self.status.setsockopt(zmq.LINGER, 2000)
+                self.status.setsockopt(zmq.SNDHWM, 1000)
+                self.security.connect(self.status, status)
+            self.security.start()
+            if metrics_port:
+                self.metrics.serve(metrics_host, metrics_port)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_config(cls, stage: str, links: Any, inputs: bool = True, outputs: bool = True) -> "StageIO":
+        """A stage's sockets from its config (a StageLinks); `inputs`/`outputs` False for a stage
+        without an input (ingest) or an output (aggregator)."""
+        return cls(stage, links.connect if inputs else [], links.bind if outputs else "", links.status,
+                   listen=links.listen if inputs else "", push=links.push if outputs else [],
+                   curve_dir=links.curve_dir, metrics_port=links.metrics_port, metrics_host=links.metrics_host)
+
+    def _count_sent(self, message: Message) -> None:
+        self.counters.sent += 1
+        if isinstance(message, (Frame, Faces)):
+            self.counters.frames_out += 1
 
     def receive(self, timeout_ms: int = 200) -> Message | None:
         """The next valid message, or None on timeout; malformed input is counted and dropped."""
@@ -112,11 +187,38 @@ class StageIO:
         frames = self.input.recv_multipart(copy=True)
         self.counters.received += 1
         try:
-            return decode(frames)
+            message = decode(frames)
         except MessageError as error:
+            self.counters.malformed += 1
             self.counters.drop(error.reason)
             logger.warning("%s: dropped a malformed message: %s", self.stage, error)
             return None
+        if isinstance(message, (Frame, Faces)):
+            self.counters.frames_in += 1
+        return message
+
+    def receive_raw(self, timeout_ms: int = 200) -> list[zmq.Frame] | None:
+        """The next message's frames undecoded (for the relay), or None on timeout."""
+        if self.input is None or not self.input.poll(timeout_ms):
+            return None
+        frames = self.input.recv_multipart(copy=False)
+        self.counters.received += 1
+        return frames
+
+    def send_raw(self, frames: list[Any], carries_frame: bool, stop: threading.Event | None = None) -> bool:
+        """Forward frames as they came, blocking while downstream is full; False if stopped meanwhile."""
+        assert self.output is not None, f"{self.stage} has no output socket"
+        while True:
+            try:
+                self.output.send_multipart(frames, copy=False)
+                break
+            except zmq.Again:
+                if stop is not None and stop.is_set():
+                    return False
+        self.counters.sent += 1
+        if carries_frame:
+            self.counters.frames_out += 1
+        return True
 
     def send(self, message: Message, stop: threading.Event | None = None) -> bool:
         """Send, blocking while downstream is full (nothing lost); False if stopped meanwhile."""
@@ -125,11 +227,21 @@ class StageIO:
         while True:
             try:
                 self.output.send_multipart(frames, copy=False)
-                self.counters.sent += 1
+                self._count_sent(message)
                 return True
             except zmq.Again:
                 if stop is not None and stop.is_set():
                     return False
+
+    def offer(self, message: Message) -> bool:
+        """Send only if downstream has room (live sources: a full pipeline drops, never lags)."""
+        assert self.output is not None, f"{self.stage} has no output socket"
+        try:
+            self.output.send_multipart(encode(message), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self._count_sent(message)
+        return True
 
     def report(self, event: str, stream: str = "", **detail: Any) -> None:
         if self.status is None:
@@ -144,7 +256,10 @@ class StageIO:
     def close(self, deliver: bool = False) -> None:
         """Close sockets. With `deliver`, wait until every queued output message is handed on
         (a finished file ingest must not lose its tail); otherwise give up after the linger."""
+        if self.security is not None:
+            self.security.close()
         for sock in (self.input, self.output, self.status):
             if sock is not None:
                 sock.close(linger=-1 if deliver and sock is self.output else None)
         self.context.term()
+        self.metrics.close()

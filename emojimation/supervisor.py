@@ -48,6 +48,8 @@ class Child:
     args: list[str]
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
+    inherit_output: bool = False
 
     def last_log_line(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -105,16 +107,33 @@ class Supervisor:
             status=self.status_address,
         )
 
-    def spawn(self, name: str, stage_args: list[str]) -> Child:
-        child = Child(name, [sys.executable, "-m", "emojimation", *stage_args])
-        child.log_path = self.work_dir / f"{name}.log"
-        with child.log_path.open("wb") as log:
-            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=self.env, start_new_session=True,
-                                             preexec_fn=_die_with_parent)
+    def spawn(self, name: str, stage_args: list[str], env: dict[str, str] | None = None,
+              inherit_output: bool = False) -> Child:
+        """Start a stage process. Its log goes to a file in the work folder (read back for
+        error messages), or with `inherit_output` to this process's stderr (long-running
+        commands, where the operator reads the stages' logs)."""
+        child = Child(name, [sys.executable, "-m", "emojimation", *stage_args], env=env or {},
+                      inherit_output=inherit_output)
+        self._start(child)
         self.children.append(child)
         logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(stage_args))
         return child
+
+    def _start(self, child: Child) -> None:
+        environment = {**self.env, **child.env}
+        if child.inherit_output:
+            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             env=environment, start_new_session=True, preexec_fn=_die_with_parent)
+            return
+        child.log_path = self.work_dir / f"{child.name}.log"
+        with child.log_path.open("ab") as log:
+            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             env=environment, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
+
+    def respawn(self, child: Child) -> None:
+        """Start a stage that died again, with the same arguments and addresses."""
+        self._start(child)
 
     def dead_child(self, ignore: set[str] = frozenset()) -> Child | None:
         for child in self.children:

@@ -144,7 +144,14 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
 def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
     """Stream every input in order; exit code 0 if all succeeded, 1 otherwise."""
     stop = stop or threading.Event()
-    io = StageIO("ingest", [], config.bind, config.status)
+    io = StageIO.from_config("ingest", config, inputs=False)
+    if config.camera:
+        from ingest.camera import run_camera
+
+        try:
+            return run_camera(config, io, stop)
+        finally:
+            io.close()
     try:
         io.report("ready")
         results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop)

@@ -1,0 +1,186 @@
+"""Alert rules on live tracks: "a track's smoothed `angry` >= 0.7 for >= 3 s".
+
+A rule fires once per episode: when a track's smoothed probability of the emotion has stayed
+at or above `min_prob` for `min_duration_s`; it re-arms when the probability falls below.
+Each firing becomes an event in the store and, if the rule has a webhook, a JSON POST sent
+from a background thread with retries (a slow receiver never holds up the pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from emojimation.emotions import EMOTIONS
+from emojimation.errors import ConfigError
+from emojimation.runtime import redact
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_ATTEMPTS = 4
+WEBHOOK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class AlertRule:
+    name: str
+    emotion: str
+    min_prob: float = 0.7
+    min_duration_s: float = 3.0
+    webhook: str = ""
+    cameras: list[str] = field(default_factory=list)  # camera names; empty = every camera
+
+    def applies_to(self, camera: str) -> bool:
+        return not self.cameras or camera in self.cameras
+
+
+RULE_FIELDS = {"name": str, "emotion": str, "min_prob": float, "min_duration_s": float, "webhook": str,
+               "cameras": list}
+
+
+def parse_rules(items: list[Any], where: str = "alerts") -> tuple[list[AlertRule], list[str]]:
+    """Rules from config tables, plus one clear message per problem (nothing is silently ignored)."""
+    rules, problems = [], []
+    if not isinstance(items, list):
+        return [], [f"{where}: expected a list of tables ([[alerts]])"]
+    for index, item in enumerate(items):
+        label = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{label}: expected a table with name, emotion, min_prob, min_duration_s")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in item.items():
+            kind = RULE_FIELDS.get(key)
+            if kind is None:
+                problems.append(f"{label}: unknown key {key!r} (allowed: {', '.join(RULE_FIELDS)})")
+            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[key] = float(value)
+            elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                values[key] = value
+            elif kind is str and isinstance(value, str):
+                values[key] = value
+            else:
+                problems.append(f"{label}.{key}: {value!r} is not a valid {kind.__name__}")
+        for required in ("name", "emotion"):
+            if required not in item:
+                problems.append(f"{label}: missing {required!r}")
+        if values.get("emotion") is not None and values["emotion"] not in EMOTIONS:
+            problems.append(f"{label}.emotion: {values['emotion']!r} is not one of {', '.join(EMOTIONS)}")
+        if not 0.0 <= values.get("min_prob", 0.7) <= 1.0:
+            problems.append(f"{label}.min_prob: must be between 0 and 1")
+        if values.get("min_duration_s", 3.0) < 0:
+            problems.append(f"{label}.min_duration_s: must not be negative")
+        if values.get("webhook") and not values["webhook"].startswith(("http://", "https://")):
+            problems.append(f"{label}.webhook: must be an http:// or https:// URL")
+        if not problems and "name" in values and "emotion" in values:
+            rules.append(AlertRule(**values))
+    return rules, problems
+
+
+def rules_from_json(text: str) -> list[AlertRule]:
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"alert_rules: not valid JSON ({error})") from None
+    rules, problems = parse_rules(data)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return rules
+
+
+@dataclass
+class Firing:
+    rule: AlertRule
+    source_id: int
+    camera: str
+    track_id: int
+    started_s: float
+    at: float  # Unix time the condition was met long enough
+    value: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"alert": self.rule.name, "camera": self.camera, "source_id": self.source_id,
+                "track_id": self.track_id, "emotion": self.rule.emotion, "value": round(self.value, 4),
+                "min_prob": self.rule.min_prob, "min_duration_s": self.rule.min_duration_s,
+                "since_s": round(self.started_s, 3), "at": self.at}
+
+
+class AlertEvaluator:
+    """Per (rule, source, track): when the condition started, and whether it has fired."""
+
+    def __init__(self, rules: list[AlertRule]) -> None:
+        self.rules = rules
+        self.since: dict[tuple[int, int, int], float] = {}
+        self.fired: set[tuple[int, int, int]] = set()
+
+    def update(self, source_id: int, camera: str, track_id: int, time_s: float, smoothed: Any,
+               captured_at: float) -> list[Firing]:
+        firings = []
+        for index, rule in enumerate(self.rules):
+            if not rule.applies_to(camera):
+                continue
+            key = (index, source_id, track_id)
+            value = float(smoothed[EMOTIONS.index(rule.emotion)])
+            if value < rule.min_prob:
+                self.since.pop(key, None)
+                self.fired.discard(key)
+                continue
+            started = self.since.setdefault(key, time_s)
+            if key not in self.fired and time_s - started >= rule.min_duration_s:
+                self.fired.add(key)
+                firings.append(Firing(rule, source_id, camera, track_id, started, captured_at, value))
+        return firings
+
+
+class WebhookSender:
+    """POSTs alert JSON from a daemon thread, retrying with backoff; counts what was delivered."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=1000)
+        self.delivered = 0
+        self.failed = 0
+        self.thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+        self.thread.start()
+
+    def send(self, url: str, payload: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait((url, payload))
+        except queue.Full:
+            self.failed += 1
+            logger.error("webhook queue full; dropped alert %s", payload.get("alert"))
+
+    def _loop(self) -> None:
+        while True:
+            url, payload = self.queue.get()
+            body = json.dumps(payload).encode()
+            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+                request = urllib.request.Request(url, data=body, method="POST",
+                                                 headers={"Content-Type": "application/json",
+                                                          "User-Agent": "emojimation-alerts"})
+                try:
+                    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+                        response.read()
+                    self.delivered += 1
+                    break
+                except (urllib.error.URLError, OSError, ValueError) as error:
+                    if attempt == WEBHOOK_ATTEMPTS:
+                        self.failed += 1
+                        logger.error("webhook %s: giving up after %d attempts (%s)", redact(url), attempt, error)
+                    else:
+                        time.sleep(0.5 * 2 ** (attempt - 1))
+            self.queue.task_done()
+
+    def drain(self, timeout_s: float) -> None:
+        """Give queued deliveries up to `timeout_s` at shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
