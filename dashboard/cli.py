@@ -83,7 +83,7 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from emojimation.config import default_store_url
-    from emojimation.errors import EmojimationError
+    from emojimation.errors import EmojimationError, redact_url
 
     store_url = args.store or os.environ.get(STORE_ENV) or default_store_url()
     try:
@@ -99,7 +99,7 @@ def run_command(args: argparse.Namespace) -> int:
         error(f"cannot listen on {args.host}:{args.port} ({problem.strerror or problem})")
         return EXIT_FAILED
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Emojimation dashboard: http://{host}:{server.port}/  (store {store_url}"
+    print(f"Emojimation dashboard: http://{host}:{server.port}/  (store {redact_url(store_url)}"
           f"{', basic auth on' if credentials else ''}; Ctrl-C to stop)", flush=True)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

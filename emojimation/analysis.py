@@ -118,6 +118,7 @@ def _interrupt_on_sigterm() -> None:
 def analyse_command(config: AnalyseConfig) -> int:
     _interrupt_on_sigterm()
     started = time.monotonic()
+    Store(config.store or default_store_url()).close()  # a bad or unreachable store: one line, before any stage
     good, bad = probe_inputs(config.inputs, config)
     for _path, reason in bad:
         error_line(reason)

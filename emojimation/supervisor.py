@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import zmq
 
-from emojimation.errors import EmojimationError
+from emojimation.errors import EmojimationError, redact_url
 from emojimation.messages import MessageError, Status, decode
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Supervisor:
                       inherit_output=inherit_output)
         self._start(child)
         self.children.append(child)
-        logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(stage_args))
+        logger.debug("started %s (pid %d): %s", name, child.process.pid, redact_url(" ".join(stage_args)))
         return child
 
     def _start(self, child: Child) -> None:

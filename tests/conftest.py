@@ -48,3 +48,17 @@ def pytest_setup_options():
     for argument in DASHBOARD_CHROMIUM_ARGUMENTS:
         options.add_argument(argument)
     return options
+
+
+# --- PostgreSQL (the store's second backend) --------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the session (tests/helpers_postgres.py); stopped at the end,
+    also when tests fail. Fails, never skips, when the PostgreSQL binaries are missing."""
+    from helpers_postgres import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

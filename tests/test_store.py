@@ -1,14 +1,41 @@
-"""The store: schema version and migrations, atomic replacement, failure clean-up, events."""
+"""The store: schema version and migrations, atomic replacement, failure clean-up, events.
+
+Every behaviour test runs on both backends: SQLite (a file in tmp_path) and PostgreSQL (a fresh
+database on the session's private server, see helpers_postgres.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
 
+import pandas as pd
 import pytest
 
 from emojimation import store as store_module
 from emojimation.errors import ConfigError
-from emojimation.store import SCHEMA_VERSION, FaceRow, Store, TrackRow
+from emojimation.store import SCHEMA_VERSION, FaceRow, Store, StoreError, TrackRow
+import helpers_postgres
+from helpers_postgres import assert_no_password
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def table_names(store: Store) -> set[str]:
+    if store.postgres:
+        sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    return {row[0] for row in store.db.execute(sql).fetchall()}
 
 
 def face(frame: int, track: int = 1) -> FaceRow:
@@ -17,24 +44,23 @@ def face(frame: int, track: int = 1) -> FaceRow:
     return FaceRow(frame, frame / 10, 1000 + frame / 10, track, (1, 2, 3, 4), 0.9, probs, probs)
 
 
-def test_new_database_has_current_schema_and_tables(tmp_path):
-    with Store(f"sqlite:///{tmp_path}/a.db") as store:
+def test_new_database_has_current_schema_and_tables(store_url):
+    with Store(store_url) as store:
         assert store.schema_version() == SCHEMA_VERSION
-        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sources", "faces", "tracks", "segments", "events"} <= tables
+        assert {"sources", "faces", "tracks", "segments", "events"} <= table_names(store)
 
 
-def test_migrations_apply_step_by_step_and_keep_data(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path}/m.db"
-    with Store(url) as store:
+def test_migrations_apply_step_by_step_and_keep_data(store_url, monkeypatch):
+    with Store(store_url) as store:
         source = store.create_source("video", "a.mp4", "a", "analysing")
     extra_step = "ALTER TABLE sources ADD COLUMN note TEXT; CREATE TABLE extra (x INTEGER)"
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, extra_step])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    with Store(url) as store:
+    with Store(store_url) as store:
         assert store.schema_version() == SCHEMA_VERSION + 1
         assert store.source(source)["note"] is None
         store.db.execute("INSERT INTO extra VALUES (1)")
+        assert store.db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 1
 
 
 def test_newer_database_is_refused(tmp_path):
@@ -45,8 +71,43 @@ def test_newer_database_is_refused(tmp_path):
         Store(f"sqlite:///{path}")
 
 
-def test_reanalysis_replaces_earlier_results_only_when_done(tmp_path):
-    with Store(f"sqlite:///{tmp_path}/r.db") as store:
+def test_postgres_version_table_and_newer_database_is_refused(postgres_server):
+    url = postgres_server.new_database()
+    with Store(url, migrate=False) as store:
+        assert store.schema_version() == 0 and "schema_version" not in table_names(store)
+    with Store(url) as store:
+        assert store.db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        store.db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 5,))
+    with pytest.raises(ConfigError, match="newer") as refused:
+        Store(url)
+    assert "***" in str(refused.value)
+    assert_no_password(str(refused.value))
+
+
+def test_postgres_concurrent_first_opens_migrate_once(postgres_server):
+    """Processes starting together (dashboard, aggregator) all open a fresh database: the advisory
+    lock makes one of them migrate and the others wait, instead of failing on duplicate tables."""
+    url = postgres_server.new_database()
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(url).close()
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with Store(url) as store:
+        assert store.db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_reanalysis_replaces_earlier_results_only_when_done(store_url):
+    with Store(store_url) as store:
         first = store.create_source("video", "clip.mp4", "clip", "analysing")
         store.add_faces(first, [face(0), face(1)])
         store.finish_source(first)
@@ -58,8 +119,8 @@ def test_reanalysis_replaces_earlier_results_only_when_done(tmp_path):
         assert len(store.faces(first)) == 0 and len(store.faces(second)) == 1
 
 
-def test_failed_source_keeps_no_partial_rows_and_earlier_results_survive(tmp_path):
-    with Store(f"sqlite:///{tmp_path}/f.db") as store:
+def test_failed_source_keeps_no_partial_rows_and_earlier_results_survive(store_url):
+    with Store(store_url) as store:
         done = store.create_source("video", "clip.mp4", "clip", "analysing")
         store.add_faces(done, [face(0)])
         store.finish_source(done)
@@ -72,8 +133,8 @@ def test_failed_source_keeps_no_partial_rows_and_earlier_results_survive(tmp_pat
         assert len(store.faces(done)) == 1
 
 
-def test_tracks_segments_events_and_cascade_delete(tmp_path):
-    with Store(f"sqlite:///{tmp_path}/t.db") as store:
+def test_tracks_segments_events_and_cascade_delete(store_url):
+    with Store(store_url) as store:
         source = store.create_source("camera", "rtsp://cam", "door", "live")
         store.add_faces(source, [face(0), face(1, track=2)])
         store.write_tracks(source, [TrackRow(1, 0.0, 0.1, 1, [0, 0, 0, 1, 0, 0, 0], [("happy", 0.0, 0.2)], b"png")])
@@ -89,16 +150,121 @@ def test_tracks_segments_events_and_cascade_delete(tmp_path):
             assert store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
 
 
+def test_write_tracks_replaces_a_track_and_its_segments(store_url):
+    with Store(store_url) as store:
+        source = store.create_source("video", "a.mp4", "a", "analysing")
+        store.write_tracks(source, [TrackRow(1, 0.0, 1.0, 10, [0, 0, 0, 1, 0, 0, 0], [("happy", 0.0, 1.0)])])
+        store.write_tracks(source, [TrackRow(1, 0.0, 2.0, 20, [0, 0, 0, 0, 1, 0, 0],
+                                             [("sad", 0.0, 1.5), ("happy", 1.5, 2.0)], b"\x00png")])
+        track = store.tracks(source)
+        assert len(track) == 1 and track.iloc[0].frames == 20 and track.iloc[0].dominant_emotion == "sad"
+        assert track.iloc[0].thumbnail == b"\x00png"
+        assert store.segments(source, 1)["emotion"].tolist() == ["sad", "happy"]
+
+
+def test_camera_reuse_status_events_and_retention(store_url):
+    with Store(store_url) as store:
+        camera = store.open_camera("rtsp://cam", "door", width=640)
+        assert store.open_camera("rtsp://cam", "front door") == camera  # the timeline continues
+        assert store.source(camera)["name"] == "front door" and store.source(camera)["width"] == 640
+        store.set_camera_status(camera, "live", "camera live", {"fps": 10}, at=50.0)
+        assert store.source(camera)["status"] == "live"
+        assert json.loads(store.events(camera).iloc[0].data) == {"fps": 10}
+        old, new = face(0, track=1), face(1, track=2)
+        old.captured_at, new.captured_at = 10.0, 100.0
+        store.add_faces(camera, [old, new], progress={"faces": 2, "frames_analysed": 2})
+        store.write_tracks(camera, [TrackRow(t, 0, 1, 1, [0, 0, 0, 1, 0, 0, 0], [("happy", 0, 1)]) for t in (1, 2)])
+        video = store.create_source("video", "a.mp4", "a", "analysing")
+        store.add_faces(video, [old])
+        store.update_source(video, options={"fps": 5})
+        assert json.loads(store.source(video)["options"]) == {"fps": 5}
+        assert store.delete_before(60.0) == {"faces": 1, "tracks": 1, "events": 1}
+        assert store.faces(camera)["track_id"].tolist() == [2] and store.tracks(camera)["track_id"].tolist() == [2]
+        assert store.segments(camera)["track_id"].tolist() == [2]
+        assert len(store.faces(video)) == 1  # analysed files are kept
+        assert store.source(camera)["faces"] == 2
+
+
+def fill(store: Store) -> int:
+    source = store.create_source("video", "a.mp4", "a", "analysing", source_fps=25.0, width=640, height=360)
+    store.add_faces(source, [face(0), face(1, track=2)], progress={"faces": 2})
+    store.write_tracks(source, [TrackRow(1, 0.0, 0.1, 1, [0, 0, 0, 1, 0, 0, 0], [("happy", 0.0, 0.1)], b"png"),
+                                TrackRow(2, 0.1, 0.2, 1, [0, 0, 0, 1, 0, 0, 0], [("happy", 0.1, 0.2)])])
+    store.add_event(source, "status", "done", {"n": 1}, at=5.0)
+    store.finish_source(source, duration_s=0.2)
+    return source
+
+
+def test_reads_have_the_same_columns_dtypes_and_values_on_both_backends(tmp_path, postgres_server):
+    frames = []
+    for url in (f"sqlite:///{tmp_path}/same.db", postgres_server.new_database()):
+        with Store(url) as store:
+            source = fill(store)
+            frames.append({"sources": store.sources().drop(columns=["created_at", "updated_at"]),
+                           "faces": store.faces(source), "tracks": store.tracks(source),
+                           "segments": store.segments(source), "events": store.events(source)})
+    for name, sqlite_frame in frames[0].items():
+        pd.testing.assert_frame_equal(frames[1][name], sqlite_frame, obj=name)
+
+
 def test_unsupported_url_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="unsupported scheme"):
+    with pytest.raises(ConfigError, match="unsupported scheme") as refused:
         Store("mysql://user:secret@host/db")
+    assert "secret" not in str(refused.value)
 
 
-def test_faces_reads_only_requested_columns_and_rejects_unknown(tmp_path):
-    with Store(f"sqlite:///{tmp_path}/c.db") as store:
+def test_postgres_errors_are_one_line_without_the_password(postgres_server):
+    url = postgres_server.new_database()
+    wrong_password = postgres_server.url(url.rsplit("/", 1)[1], password="WrongPass")
+    refused = url.replace(f":{postgres_server.port}/", ":1/")
+    for bad, reason in ((wrong_password, "password authentication failed"), (refused, "refused")):
+        with pytest.raises(ConfigError, match="cannot connect") as failed:
+            Store(bad)
+        message = str(failed.value)
+        assert reason in message and "\n" not in message and "***" in message and "WrongPass" not in message
+        assert_no_password(message)
+    with Store(url) as store, pytest.raises(StoreError) as failed:
+        store.db.execute("SELECT * FROM no_such_table")
+    assert "no_such_table" in str(failed.value) and "\n" not in str(failed.value)
+    assert_no_password(str(failed.value))
+
+
+def test_faces_reads_only_requested_columns_and_rejects_unknown(store_url):
+    with Store(store_url) as store:
         source = store.create_source("video", "a.mp4", "a", "analysing")
         store.add_faces(source, [face(0), face(1)])
         frame = store.faces(source, columns=["frame", "time_s", "p_happy"])
         assert list(frame.columns) == ["frame", "time_s", "p_happy"] and frame["p_happy"].tolist() == [1.0, 1.0]
         with pytest.raises(ValueError, match="unknown face columns"):
             store.faces(source, columns=["frame; DROP TABLE faces"])
+
+
+def test_postgres_password_from_pgpassword_environment(postgres_server, monkeypatch):
+    """libpq reads PGPASSWORD (or ~/.pgpass): the URL, seen in `ps` and logs, can leave it out."""
+    url = postgres_server.new_database(password=None)
+    monkeypatch.setenv("PGPASSWORD", helpers_postgres.PASSWORD)
+    with Store(url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+
+
+@pytest.mark.slow
+def test_analyse_into_postgres_end_to_end(postgres_server, tmp_path):
+    """`emojimation analyse --store postgresql://...` on a 3 s clip: exit 0, rows readable through Store."""
+    from bench.synthetic import compose_clip, val_faces
+
+    clip = tmp_path / "happy.mp4"
+    (image, label, _file), = val_faces(1, seed=7, emotions=("happy",))
+    compose_clip(clip, [image], [label], seconds_per_face=3.0, fps=10.0, face_px=170)
+    url = postgres_server.new_database()
+    env = {**os.environ, "EMOJIMATION_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", "--json", str(clip),
+                             "--out", str(tmp_path / "out"), "--store", url],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_no_password(result.stderr + result.stdout)
+    entry = json.loads(result.stdout)["inputs"][0]
+    with Store(url) as store:
+        source = store.sources().iloc[0]
+        assert source.status == "done" and source.uri.endswith("happy.mp4") and source.faces == entry["faces"] > 0
+        assert len(store.faces(int(source.id))) == entry["faces"]
+        assert store.tracks(int(source.id))["track_id"].tolist() == [t["track_id"] for t in entry["tracks"]]
