@@ -56,10 +56,12 @@ def ffmpeg_camera_args(url: str, fps: float, max_side: int, rtsp_transport: str 
     if source.startswith("/dev/video"):
         options["f"] = "v4l2"
     elif source.startswith(("rtsp://", "rtsps://")):
-        options.update(rtsp_transport=rtsp_transport, timeout=int(timeout_s * 1_000_000),
-                       fflags="nobuffer", flags="low_delay")
+        # No `-fflags nobuffer`: with it ffmpeg 5.1 never emitted a frame from gst-rtsp-server.
+        # analyzeduration 0.5 s: ffmpeg's default 5 s probe made the first frame take 2.3 s here.
+        options.update(rtsp_transport=rtsp_transport, timeout=int(timeout_s * 1_000_000), flags="low_delay",
+                       analyzeduration=500_000)
     elif source.startswith(("http://", "https://")):
-        options.update(rw_timeout=int(timeout_s * 1_000_000), fflags="nobuffer")
+        options.update(rw_timeout=int(timeout_s * 1_000_000), analyzeduration=500_000)
     else:
         if not Path(source).is_file():
             raise DataError(f"{source}: camera source is not a URL (rtsp://, http(s)://), a webcam or a file")
@@ -214,9 +216,10 @@ class CameraIngest:
     def run(self) -> int:
         args = ffmpeg_camera_args(self.config.camera, self.config.fps, self.config.max_side,
                                   self.config.rtsp_transport, self.config.loop, self.config.stall_s)
+        # A camera is identified by its name (unique per monitor; two names may show one URL).
         start = Start(stream=self.stream, seq=0, capture_time=self.started, kind="camera",
-                      uri=camera_uri(self.config.camera), name=self.name, source_fps=self.config.fps,
-                      options={"fps": self.config.fps, "live": True})
+                      uri=self.name, name=self.name, source_fps=self.config.fps,
+                      options={"fps": self.config.fps, "live": True, "url": camera_uri(self.config.camera)})
         if not self.io.send(start, self.stop):
             return 0
         self.io.report("ready", self.stream, camera=self.name)
