@@ -233,10 +233,11 @@ class Monitor:
         if local:
             detectors = [sup.address(f"detector-{i}") for i in range(settings.detector_workers)]
             classifiers = [sup.address(f"classifier-{i}") for i in range(settings.workers)]
+            # The store URL goes by environment, not argv: `ps` shows argv to every user.
             sup.spawn("aggregator", stage_args("aggregator", classifiers, "", sup.status_address, {
-                "store": settings.store or default_store_url(), "alert_rules": json.dumps(self.plan.alert_rules)
-                if self.plan.alert_rules else "", "retention_days": settings.retention_days,
-                "results_bind": results_address, "log_level": "INFO"}), inherit_output=True)
+                "alert_rules": json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
+                "retention_days": settings.retention_days, "results_bind": results_address, "log_level": "INFO"}),
+                env={"EMOJIMATION_STORE": settings.store or default_store_url()}, inherit_output=True)
             for i, address in enumerate(classifiers):
                 sup.spawn(f"classifier-{i}", stage_args("classifier", detectors, address, sup.status_address,
                                                         {"model": settings.model, "log_level": "INFO"}),

@@ -255,7 +255,8 @@ class FileRun:
         self.results = [StreamResult(i, path) for i, path in enumerate(self.inputs)]
         spawn = self.supervisor.spawn
         spawn("aggregator", stage_args("aggregator", links.classifiers, "", links.status,
-                                       {"store": opts["store"], "thumbnails": opts["thumbnails"]}))
+                                       {"thumbnails": opts["thumbnails"]}),
+              env={"EMOJIMATION_STORE": opts["store"]} if opts["store"] else None)  # not argv: URLs hold passwords
         for i, address in enumerate(links.classifiers):
             spawn(f"classifier-{i}", stage_args("classifier", links.detectors, address, links.status,
                                                 {"model": opts["model"], "threads": opts.get("classifier_threads", 1)}))
