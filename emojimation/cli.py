@@ -151,13 +151,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     if args.check_config:
         return check_config_command(args.check_config)
-    setup_logging(args.log_level)
     sources = list(args.sources or []) + list(args.name or [])
     result, problems = plan(sources, args.config, _overrides(args, cfg.MonitorConfig))
     if problems:
         for problem in problems:
             print(f"emojimation: config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    setup_logging(args.log_level, "emojimation.monitor", result.config.log_format)
     return monitor_command(result)
 
 

@@ -160,6 +160,11 @@ class MonitorConfig:
     max_side: int = 1280
     status_every_s: float = 30.0  # how often a per-camera status line is logged
     json: bool = False  # print a JSON summary per camera on stdout at exit
+    # Passed on to every stage the monitor starts (see StageLinks):
+    curve_dir: str = ""
+    metrics_port: int = 0  # the first stage serves here, the next on +1, ... (the log says which is which)
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"
 
 
 T = TypeVar("T")

@@ -222,6 +222,14 @@ class Monitor:
         self.ready: set[str] = set()
         self.preview: Preview | None = None
 
+    def _shared(self) -> dict[str, Any]:
+        """Settings every stage gets. Each gets its own metrics port (flags beat the inherited
+        EMOJIMATION_* environment, so children never all bind the monitor's port)."""
+        settings = self.config
+        port = settings.metrics_port + len(self.supervisor.children) if settings.metrics_port else 0
+        return {"curve_dir": settings.curve_dir, "metrics_port": port, "metrics_host": settings.metrics_host,
+                "log_format": settings.log_format, "log_level": "INFO"}
+
     def start(self) -> None:
         settings = self.config
         sup = self.supervisor
@@ -236,22 +244,22 @@ class Monitor:
             # The store URL goes by environment, not argv: `ps` shows argv to every user.
             sup.spawn("aggregator", stage_args("aggregator", classifiers, "", sup.status_address, {
                 "alert_rules": json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
-                "retention_days": settings.retention_days, "results_bind": results_address, "log_level": "INFO"}),
+                "retention_days": settings.retention_days, "results_bind": results_address, **self._shared()}),
                 env={"EMOJIMATION_STORE": settings.store or default_store_url()}, inherit_output=True)
             for i, address in enumerate(classifiers):
                 sup.spawn(f"classifier-{i}", stage_args("classifier", detectors, address, sup.status_address,
-                                                        {"model": settings.model, "log_level": "INFO"}),
+                                                        {"model": settings.model, **self._shared()}),
                           inherit_output=True)
             for i, address in enumerate(detectors):
                 sup.spawn(f"detector-{i}", stage_args("detector", camera_addresses, address, sup.status_address,
                                                       {"detector": settings.detector, "max_age_s": settings.max_age_s,
-                                                       "log_level": "INFO"}), inherit_output=True)
+                                                       **self._shared()}), inherit_output=True)
         for i, camera in enumerate(self.plan.cameras):
             options = {"name": camera.name, "fps": camera.fps or settings.fps,
                        "loop": camera.loop if camera.loop is not None else settings.loop,
                        "rtsp_transport": camera.rtsp_transport or settings.rtsp_transport,
                        "stall_s": settings.stall_s, "backoff_max_s": settings.backoff_max_s, "max_side": settings.max_side,
-                       "stream_prefix": f"cam{i}", "log_level": "INFO",
+                       "stream_prefix": f"cam{i}", **self._shared(),
                        "preview_bind": preview_addresses[i] if preview_addresses else ""}
             if not local:
                 options["push"] = [settings.push]
@@ -259,6 +267,9 @@ class Monitor:
             sup.spawn(f"camera-{i}", stage_args("ingest", [], camera_addresses[i] if local else "",
                                                 sup.status_address, options),
                       env={"EMOJIMATION_CAMERA": camera.url}, inherit_output=True)
+        if settings.metrics_port:
+            logger.info("metrics: %s", ", ".join(f"{c.name} on :{settings.metrics_port + i}"
+                                                  for i, c in enumerate(sup.children)))
         if settings.preview:
             self.preview = Preview(sup.context, preview_addresses, results_address,
                                    {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)})
