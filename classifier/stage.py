@@ -46,7 +46,7 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
         configure_tensorflow_threads(config.threads, 1)
     model = EmotionModel(model_path, flip_tta=flip, precision=config.precision, threads=config.threads)
     model.probabilities(np.zeros((1, 48, 48), np.uint8))  # trace once before reporting ready
-    io = StageIO("classifier", config.connect, config.bind, config.status)
+    io = StageIO.from_config("classifier", config)
     pending: list[Faces] = []
     waiting_since = 0.0
     batches = faces_classified = 0
@@ -62,15 +62,22 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
             elif message is not None:
                 io.send(message, stop)  # stream control passes through
             queued = sum(len(m.crops) for m in pending)
+            io.metrics.queue_depth.set(len(pending))
             due = pending and (queued >= config.max_batch or
                                (time.monotonic() - waiting_since) * 1000 >= config.max_wait_ms)
             if due:
-                for result in classify_batch(model, pending):
+                started = time.perf_counter()
+                results = classify_batch(model, pending)
+                if queued:  # frames without faces make no model call
+                    io.metrics.inference_seconds.observe(time.perf_counter() - started)
+                    io.metrics.batch_size.observe(queued)
+                for result in results:
                     if not io.send(result, stop):
                         break
                 batches += 1
                 faces_classified += queued
                 pending = []
+                io.metrics.queue_depth.set(0)
         return 0
     finally:
         io.report("stopped", batches=batches, faces=faces_classified, **io.counters.as_dict())

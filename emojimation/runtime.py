@@ -61,9 +61,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_NATIVE_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def _native_stderr_as_log_records() -> None:
+    """JSON logs: lines that native code writes straight to file descriptor 2 (LiteRT prints
+    one at start-up) become log records of the "stderr" logger, so every line stays JSON.
+    Python's own sys.stderr (log records, the CLI's final error line, crash dumps) keeps the
+    real descriptor, so nothing is lost when the process exits."""
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    sys.stderr = open(real, "w", buffering=1, encoding="utf-8", errors="replace")
+    native = logging.getLogger("stderr")
+
+    def forward() -> None:
+        with open(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    prefix = line.split(":", 1)[0].strip().upper()
+                    native.log(_NATIVE_LEVELS.get(prefix, logging.WARNING), "%s", line)
+
+    threading.Thread(target=forward, name="native-stderr", daemon=True).start()
+
+
 def setup_logging(level: str = "INFO", process_name: str = "", log_format: str = "text") -> None:
     """Log to stderr as text, or with `log_format="json"` as one JSON object per line (the
     stage is the last part of `process_name`, e.g. "detector" for "emojimation.detector")."""
+    if log_format == "json":
+        _native_stderr_as_log_records()
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(process_name.rsplit(".", 1)[-1] if process_name else ""))
@@ -72,7 +100,7 @@ def setup_logging(level: str = "INFO", process_name: str = "", log_format: str =
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     for noisy in ("tensorflow", "absl", "keras", "h5py", "matplotlib", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    faulthandler.enable()
+    faulthandler.enable(sys.stderr)
     if process_name:
         try:
             import setproctitle  # optional: nicer `ps` output
@@ -257,9 +285,11 @@ class StageIO:
         """Close sockets. With `deliver`, wait until every queued output message is handed on
         (a finished file ingest must not lose its tail); otherwise give up after the linger."""
         if self.security is not None:
-            self.security.close()
+            self.security.stop_watching()
         for sock in (self.input, self.output, self.status):
             if sock is not None:
                 sock.close(linger=-1 if deliver and sock is self.output else None)
+        if self.security is not None:
+            self.security.close()
         self.context.term()
         self.metrics.close()
