@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 FLUSH_EVERY_S = 0.25
 TRACKS_EVERY_S = 1.0  # live track summaries (segments are recomputed from the whole track)
 MAX_REORDER = 20_000  # messages held waiting for a gap; beyond it the gap is given up as lost
+MAX_EARLY = 2_000  # messages held per stream waiting for its Start
 RETENTION_EVERY_S = 60.0
 LATENCY_SAMPLES = 5_000  # capture -> stored latencies kept per camera for percentiles
 
@@ -101,7 +102,10 @@ class Aggregator:
             return
         state = self.streams.get(message.stream)
         if state is None:
-            self.early.setdefault(message.stream, {})[message.seq] = message
+            early = self.early.setdefault(message.stream, {})
+            early[message.seq] = message
+            if len(early) > MAX_EARLY:  # a Start that never comes (e.g. sent to a dead aggregator)
+                self._drop("no-start", early.pop(min(early)))
             return
         if message.seq < state.next_seq or message.seq in state.waiting:
             self._drop("late" if state.live else "duplicate", message)
@@ -145,6 +149,11 @@ class Aggregator:
     def _open(self, start: Start) -> None:
         tracker = FaceTracker(self.config.track_max_gap_s, self.config.track_min_iou)
         if start.kind == "camera":
+            for stream, earlier in list(self.streams.items()):  # the same camera's previous ingest run
+                if earlier.live and earlier.start.uri == start.uri:
+                    self._flush(earlier)
+                    self.store.write_tracks(earlier.source_id, self.track_rows(earlier))
+                    del self.streams[stream]
             source_id = self.store.open_camera(start.uri, start.name or start.uri, source_fps=start.source_fps,
                                                model=self.config.model_name, options=start.options)
             row = self.store.source(source_id) or {}

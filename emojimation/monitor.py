@@ -92,6 +92,21 @@ def parse_source(text: str, index: int) -> Camera:
     return Camera(name=redact(text.strip()), url=text.strip())
 
 
+def source_problem(url: str) -> str:
+    """Why a camera source can never work (a typo'd file), or "" (network cameras and webcams
+    that are down now are retried, not refused)."""
+    text = url.strip()
+    if not text:
+        return "empty source"
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        return "" if scheme in ("rtsp", "rtsps", "http", "https") else \
+            f"unsupported scheme {scheme!r} (rtsp, rtsps, http, https)"
+    if text.isdigit() or text.startswith("/dev/video"):
+        return ""
+    return "" if Path(text).is_file() else f"{redact(text)}: no such file (and not a URL or webcam)"
+
+
 def _check_monitor_table(table: Any, where: str, problems: list[str]) -> dict[str, Any]:
     hints = typing.get_type_hints(MonitorConfig)
     names = {f.name for f in dataclasses.fields(MonitorConfig)} - {"sources"}
@@ -166,6 +181,10 @@ def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],
     _rules, rule_problems = parse_rules(data.get("alerts", []), f"{where}: alerts")
     problems += rule_problems
     cameras += [parse_source(text, i) for i, text in enumerate(sources)]
+    for camera in cameras:
+        problem = source_problem(camera.url)
+        if problem:
+            problems.append(f"camera {camera.name!r}: {problem}")
     names = [c.name for c in cameras]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"camera name {name!r} is used twice; name cameras with NAME=URL")
@@ -306,7 +325,7 @@ class Monitor:
                           if c.process and c.process.pid == report.detail.get("pid")), None)
             if child is not None:
                 self.ready.add(child.name)
-        stats = self.cameras.get(report.stream)
+        stats = self.cameras.get(report.stream.split("#")[0])  # the stream id without its run token
         if stats is None:
             return
         if report.event == "camera-status":
@@ -332,6 +351,12 @@ class Monitor:
             history.append(now)
             logger.error("%s; restarting it", describe_death(child))
             self.supervisor.respawn(child)
+            if child.name == "aggregator":  # a new aggregator must hear every camera's Start again
+                for camera in self.supervisor.children:
+                    if camera.name.startswith("camera-") and camera.process and camera.process.poll() is None:
+                        camera.process.terminate()  # reaped and restarted by this loop
+                        camera.process.wait(5)
+                        self.supervisor.respawn(camera)
 
     def summary(self) -> list[dict[str, Any]]:
         for report in self.supervisor.statuses(300):

@@ -30,6 +30,8 @@ from emojimation.messages import MessageError, Status, decode
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0
+PER_STAGE_ENVIRONMENT = {f"EMOJIMATION_{name}" for name in (
+    "CONNECT", "BIND", "LISTEN", "PUSH", "STATUS", "METRICS_PORT", "CAMERA", "INPUTS", "NAME", "STREAM_PREFIX")}
 
 
 class PipelineError(EmojimationError):
@@ -91,7 +93,10 @@ class Supervisor:
         self.status_socket.setsockopt(zmq.LINGER, 0)
         self.status_address = self.address("status")
         self.status_socket.bind(self.status_address)
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1",
+        # Addresses and ports are per stage: a deployment's EMOJIMATION_BIND or _METRICS_PORT in
+        # this process's environment must not reach every child (they would all bind one port).
+        inherited = {k: v for k, v in os.environ.items() if k not in PER_STAGE_ENVIRONMENT}
+        self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1",
                     "PYTHONUNBUFFERED": "1"}
 
     def address(self, name: str) -> str:

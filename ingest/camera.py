@@ -199,7 +199,9 @@ class CameraIngest:
         self.config = config
         self.io = io
         self.stop = stop
-        self.stream = f"{config.stream_prefix}/{config.name or 'camera'}"
+        # Unique per ingest run: a restarted ingest (new Start, seq from 1) must never be taken
+        # for the tail of its previous run, whose End may still be on the way.
+        self.stream = f"{config.stream_prefix}/{config.name or 'camera'}#{int(time.time() * 1000):x}"
         self.name = config.name or camera_uri(config.camera)
         self.seq = SeqCounter()
         self.started = time.time()
@@ -229,6 +231,7 @@ class CameraIngest:
             if self.stop.is_set():
                 break
             failures = 1 if frames else failures + 1
+            self.io.metrics.reconnects.inc()
             delay = backoff_delay(failures, self.config.backoff_s, self.config.backoff_max_s)
             if self.status == "disconnected":
                 logger.warning("camera %s: %s; reconnecting in %.1f s", self.name, reason, delay)

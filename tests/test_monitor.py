@@ -407,3 +407,20 @@ def test_retention_deletes_camera_rows_older_than_the_limit(tmp_path):
         assert list(store.segments(camera).track_id) == [2]
         assert list(store.events(camera).message) == ["new event"]
         assert len(store.faces(video)) == 1  # file results are not subject to camera retention
+
+
+def test_a_killed_stage_is_restarted_and_rows_resume(clips, tmp_path, processes):
+    monitor = MonitorProcess(tmp_path, f"lobby={clips['faces']}", "--loop")
+    processes.append(monitor)
+    monitor.wait_ready()
+    wait_for(lambda: monitor.face_count("lobby") > 0, 20, "face rows")
+    for stage in ("aggregator", "detector"):
+        victim = next(line for line in emojimation_processes(monitor.marker) if f"emojimation {stage}" in line)
+        killed_at = time.time()
+        os.kill(int(victim.split()[0]), signal.SIGKILL)
+        wait_for(lambda: monitor.face_count("lobby", after=killed_at + 0.5) > 0, 30, f"rows after killing the {stage}")
+        assert any(f"{stage}-0 stopped unexpectedly" in line and "restarting" in line for line in monitor.lines) \
+            or any(f"{stage} stopped unexpectedly" in line for line in monitor.lines), monitor.lines[-10:]
+    assert monitor.process.poll() is None
+    assert monitor.stop() < 5.0
+    assert emojimation_processes(monitor.marker) == []
