@@ -20,9 +20,11 @@ class ModelError(EmojimationError):
 
 
 def redact_url(text: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host` (and `?password=...` ->
-    `?password=***`): passwords are never shown."""
+    """`scheme://user:password@host` -> `scheme://user:***@host`, `scheme://token@host` ->
+    `scheme://***@host`, `?password=...` -> `?password=***`: secrets are never shown (logs,
+    errors, store events). The one redaction for every URL in the project."""
     text = re.sub(r"(\w+://[^:/@\s]*):[^/@\s]*@", r"\1:***@", text)
+    text = re.sub(r"(\w+://)[^:/@\s*]+@", r"\1***@", text)  # a bare token as the user part is a secret too
     return re.sub(r"([?&]password=)[^&\s]*", r"\1***", text, flags=re.IGNORECASE)
 
 

@@ -14,7 +14,6 @@ import faulthandler
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from emojimation.errors import redact_url
 from emojimation.messages import Faces, Frame, Message, MessageError, Status, decode, encode
 from emojimation.metrics import StageMetrics
 from emojimation.security import LinkSecurity
@@ -32,12 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(name)-24s %(levelname)-7s %(message)s"
 HIGH_WATER_MARK = 64  # messages queued per socket before a sender blocks (files) or drops (cameras)
-_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
-
-
-def redact(text: str) -> str:
-    """Strip user:password from URLs: credentials are never logged."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+redact = redact_url  # credentials are never logged (emojimation.errors)
 
 
 class JsonFormatter(logging.Formatter):
