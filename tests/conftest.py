@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # the project is not installed in the venv
     sys.path.insert(0, str(PROJECT_ROOT))
+
+# A shell starts background jobs with SIGINT ignored, and children inherit that: the tests that
+# stop a CLI with Ctrl-C (SIGINT) would then wait forever when the suite itself runs in the
+# background. A handler (not SIG_IGN) here is reset to the default in every child at exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
