@@ -145,11 +145,14 @@ def with_compute_dtype(model: Any, policy: str) -> Any:
 class TfliteLogits:
     """Logits from a `.tflite` export through LiteRT, without importing TensorFlow.
 
-    One interpreter per batch bucket (1, 8, 16, 32, 64): resizing an interpreter's input
-    reallocates it, so batches are padded up to the next bucket instead.
+    Resizing an interpreter's input reallocates it, so there is one interpreter per
+    power-of-two batch size, and a batch runs as its binary decomposition (11 = 8 + 2 + 1).
+    LiteRT's cost per crop is the same at every batch size here (3.3 ms at 1, 2, 4 and 8 on
+    one thread), so padding a batch up to a bucket would only waste work: padding 2 crops
+    to a bucket of 8 made the classifier the busiest stage of a short analysis.
     """
 
-    BUCKETS = (1, 8, 16, 32, 64)
+    BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
     def __init__(self, path: Path, threads: int) -> None:
         try:
@@ -169,15 +172,14 @@ class TfliteLogits:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         outputs = []
-        for start in range(0, len(x), self.BUCKETS[-1]):
-            chunk = x[start:start + self.BUCKETS[-1]]
-            bucket = next(b for b in self.BUCKETS if b >= len(chunk))
+        start = 0
+        while start < len(x):
+            bucket = next(b for b in reversed(self.BUCKETS) if b <= len(x) - start)
             interpreter, input_index, output_index = self.interpreters[bucket]
-            padded = np.zeros((bucket, *chunk.shape[1:]), np.float32)
-            padded[:len(chunk)] = chunk
-            interpreter.set_tensor(input_index, padded)
+            interpreter.set_tensor(input_index, np.ascontiguousarray(x[start:start + bucket], np.float32))
             interpreter.invoke()
-            outputs.append(interpreter.get_tensor(output_index)[:len(chunk)].copy())
+            outputs.append(interpreter.get_tensor(output_index).copy())
+            start += bucket
         return np.concatenate(outputs)
 
 
@@ -186,7 +188,8 @@ class EmotionModel:
 
     A `.keras` file runs on TensorFlow; `precision` is "float32", "bfloat16", or "auto"
     (bfloat16 where the CPU computes it natively, float32 elsewhere: docs/benchmarks.md).
-    A `.tflite` export runs on LiteRT (float32) and starts without importing TensorFlow.
+    A `.tflite` export runs on LiteRT (float activations; the shipped one has int8 weights)
+    and starts without importing TensorFlow.
     """
 
     def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None,
@@ -231,10 +234,11 @@ class EmotionModel:
         if len(faces) == 0:
             return np.zeros((0, len(EMOTIONS)), dtype=np.float32)
         x = faces.reshape(-1, INPUT_SIZE, INPUT_SIZE, 1).astype(np.float32)
-        out = self._run(x)
         if self.flip_tta if flip_tta is None else flip_tta:
-            out = (out + self._run(x[:, :, ::-1, :].copy())) / 2.0
-        return out.astype(np.float32)
+            # One call for faces and mirrors: fewer, larger batches.
+            both = self._run(np.concatenate([x, x[:, :, ::-1, :]]))
+            return ((both[:len(x)] + both[len(x):]) / 2.0).astype(np.float32)
+        return self._run(x).astype(np.float32)
 
     def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
         return softmax(self.logits(faces, flip_tta) / self.info.temperature)
