@@ -82,21 +82,29 @@ def measure(command: list[str], cwd: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--detector", default="blazeface-full")
+    parser.add_argument("--detectors", nargs="+", default=["blazeface", "blazeface-full"],
+                        help="our detectors to run, each as its own case")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--videos", nargs="+", choices=["megamind", "720p"], default=["megamind", "720p"],
+                        help="which of the two files to run (default both)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))
-    videos = {"megamind.avi (720x528, 270 frames)": SHARED / "videos" / "megamind.avi",
-              "megamind 1280x720 30 fps 60 s (1800 frames)": make_720p_clip(scratch / "megamind720.mp4")}
+    videos = {}
+    if "megamind" in args.videos:
+        videos["megamind.avi (720x528, 270 frames)"] = SHARED / "videos" / "megamind.avi"
+    if "720p" in args.videos:
+        videos["megamind 1280x720 30 fps 60 s (1800 frames)"] = make_720p_clip(scratch / "megamind720.mp4")
     frames = {name: int(json.loads(subprocess.run(
         ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
          "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True).stdout)
         ["streams"][0]["nb_read_frames"]) for name, path in videos.items()}
+    def ours(detector: str):
+        return lambda path: [str(PRODUCT_PYTHON), "-m", "emojimation", "analyse", str(path), "--every-frame",
+                             "--detector", detector, "--workers", str(args.workers), "--no-progress", "--json",
+                             "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db"]
+
     cases = {
-        "emojimation": lambda path: [str(PRODUCT_PYTHON), "-m", "emojimation", "analyse", str(path), "--every-frame",
-                                     "--detector", args.detector, "--workers", str(args.workers), "--no-progress",
-                                     "--json", "--out", str(scratch / "out"), "--store",
-                                     f"sqlite:///{scratch}/bench.db"],
+        **{f"emojimation ({detector})": ours(detector) for detector in args.detectors},
         "fer Video.analyze (defaults)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path)],
         "fer Video.analyze (lean)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path),
                                                   "--lean"],

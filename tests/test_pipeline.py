@@ -16,7 +16,7 @@ import pytest
 
 from bench.synthetic import SHARED_DATA, compose_clip, require_shared_data, val_faces
 from emojimation.emotions import EMOTIONS
-from emojimation.model_io import EmotionModel
+from emojimation.model_io import EmotionModel, default_pipeline_model
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
 from ingest.media import expected_frames, sampling_ratio
 
@@ -130,7 +130,7 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
                      home=tmp_path)
     assert result.returncode == 0, result.stderr
     detections = pd.read_csv(tmp_path / "out" / "detections.csv")
-    model = EmotionModel()
+    model = EmotionModel(default_pipeline_model())  # the model the pipeline ran
     schedule = clips["schedule"]
     expected = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
     agree = found = 0
