@@ -1,0 +1,61 @@
+"""BlazeFace's tiled search of wide frames, and the merge of its passes, on a real photo."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from bench.synthetic import SHARED_DATA, background
+from detector.backends import BlazeFaceDetector, suppress_overlaps
+
+PHOTO = SHARED_DATA / "images" / "img11.jpg"  # one person, face in the middle
+
+
+def test_suppress_overlaps_drops_duplicates_and_boxes_inside_better_ones():
+    boxes = np.array([[0, 0, 100, 100],      # a face
+                      [10, 10, 50, 50],      # inside it, with a higher score: the nested pair keeps this one
+                      [20, 5, 100, 100],     # mostly over the kept box, lower score
+                      [300, 300, 50, 50],    # another face
+                      [340, 280, 40, 40]],   # grazes it: a face of its own
+                     np.float32)
+    scores = np.array([0.9, 0.95, 0.8, 0.7, 0.6], np.float32)
+    assert sorted(suppress_overlaps(boxes, scores, iou=0.3, contained=0.4).tolist()) == [1, 3, 4]
+    # Plain IoU alone would keep the nested box's container (IoU 0.25).
+    assert sorted(suppress_overlaps(boxes[:2], scores[:2], iou=0.3, contained=1.01).tolist()) == [0, 1]
+
+
+def face_patch() -> np.ndarray:
+    """The photo's face with some context, found by the letterboxed pass on the photo itself."""
+    photo = cv2.imread(str(PHOTO))
+    boxes, _ = BlazeFaceDetector("full", tiles=False).detect(photo)
+    assert len(boxes) == 1, "the test photo should show exactly one face"
+    x, y, w, h = boxes[0]
+    pad = 0.4 * w
+    return photo[int(max(0, y - pad)):int(y + h + pad), int(max(0, x - pad)):int(x + w + pad)]
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_tiled_search_finds_a_small_face_where_it_is_in_a_wide_or_tall_frame(wide):
+    """A small face near the far edge of a 16:9 (or 9:16) frame: every box the detector returns
+    for it lies on it, in frame pixels, whichever pass (letterbox or tile) found it."""
+    patch = face_patch()
+    size = 110
+    small = cv2.resize(patch, (size, int(size * patch.shape[0] / patch.shape[1])), interpolation=cv2.INTER_AREA)
+    width, height = (1280, 720) if wide else (720, 1280)
+    frame = background(width, height, seed=5)
+    x0, y0 = (1100, 300) if wide else (300, 1100)
+    frame[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    tiled = BlazeFaceDetector("full", tiles=True)
+    boxes, scores = tiled.detect(frame)
+    assert len(boxes) == 1, f"expected the one pasted face, got {boxes.tolist()} ({scores.tolist()})"
+    cx, cy = boxes[0, 0] + boxes[0, 2] / 2, boxes[0, 1] + boxes[0, 3] / 2
+    assert x0 < cx < x0 + small.shape[1] and y0 < cy < y0 + small.shape[0]
+    assert 0.3 * size < boxes[0, 2] < size  # a face-sized box, not the patch or a fragment
+
+
+def test_square_frames_take_one_pass_and_tiles_add_nothing_there():
+    frame = cv2.resize(face_patch(), (400, 400))
+    with_tiles, _ = BlazeFaceDetector("full", tiles=True).detect(frame)
+    without, _ = BlazeFaceDetector("full", tiles=False).detect(frame)
+    np.testing.assert_array_equal(with_tiles, without)
