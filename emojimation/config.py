@@ -26,6 +26,10 @@ ENV_PREFIX = "EMOJIMATION_"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 DETECTORS = ("haar", "blazeface", "blazeface-full")
+# Short-range BlazeFace with tiles on wide frames: against full range it finds as many faces on
+# megamind.avi (fewer false ones), more of the pasted FER2013 faces, and costs 40 % of the time
+# (docs/benchmarks.md, sections 2 and 3).
+DEFAULT_DETECTOR = "blazeface"
 LOG_FORMATS = ("text", "json")
 
 
@@ -82,7 +86,7 @@ class IngestConfig(StageLinks):
 
 @dataclass
 class DetectorConfig(StageLinks):
-    detector: str = "blazeface-full"
+    detector: str = DEFAULT_DETECTOR
     min_score: float | None = None  # None = the detector's measured default
     min_face: int = 24  # pixels in the (possibly downscaled) frame
     margin: float | None = None  # crop margin; None = the preprocessing default
@@ -122,7 +126,7 @@ class AnalyseConfig:
     out: str = "emojimation-out"
     fps: float = 10.0
     every_frame: bool = False
-    detector: str = "blazeface-full"
+    detector: str = DEFAULT_DETECTOR
     model: str = ""
     workers: int = 1  # classifier workers
     detector_workers: int = 2
@@ -143,7 +147,7 @@ class MonitorConfig:
 
     sources: list[str] = field(default_factory=list)  # URL or NAME=URL
     fps: float = 5.0
-    detector: str = "blazeface-full"
+    detector: str = DEFAULT_DETECTOR
     model: str = ""
     workers: int = 1  # classifier workers
     detector_workers: int = 1

@@ -25,6 +25,7 @@ import pytest
 from bench.synthetic import background, compose_clip, paste, require_shared_data, val_faces
 from detector.backends import make_detector
 from emojimation.annotate import EMOTION_COLOURS_BGR
+from emojimation.config import DEFAULT_DETECTOR
 from emojimation.emotions import EMOTIONS
 from emojimation.model_io import EmotionModel, default_pipeline_model
 from emojimation.store import Store
@@ -58,7 +59,7 @@ def detectable_faces(emotion: str | None, count: int, seed: int = 5) -> list[np.
     """Val faces the default detector finds when pasted at 170 px, and (with `emotion`) that the
     shipped model reads as that emotion with p >= 0.7: the tests below need faces seen for sure."""
     candidates = val_faces(40, seed=seed, emotions=(emotion,) if emotion else tuple(EMOTIONS))
-    detector = make_detector("blazeface-full")
+    detector = make_detector(DEFAULT_DETECTOR)
     faces = [face for face, _, _ in candidates]
     if emotion:
         probs = EmotionModel(default_pipeline_model()).probabilities(np.stack(faces))
