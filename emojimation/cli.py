@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="split folder (default val) or CSV Usage (default PrivateTest)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
     evaluate.add_argument("--tta", choices=["auto", "on", "off"], default="auto", help="horizontal-flip TTA")
-    evaluate.add_argument("--confusion-png", default=None, help="where to save the confusion matrix picture")
+    evaluate.add_argument("--confusion-png", default=None,
+                          help="where to save the confusion matrix picture (default ./confusion_matrix.png)")
     evaluate.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                           help="inference arithmetic (auto: bfloat16 where the CPU has it natively)")
     evaluate.set_defaults(handler=cmd_evaluate)
