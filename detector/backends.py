@@ -127,9 +127,9 @@ class BlazeFaceDetector:
     VARIANTS = {
         # name: (file, input size, strides, anchors per layer, score threshold)
         "short": ("face_detection_short_range.tflite", 128, [8, 16, 16, 16], 2, 0.5),
-        # Full range at 0.4, with tiles: the small background face scores 0.7 in a tile, and
-        # frames with three or more faces (false ones, checked by eye) grow from 7 to 31 of
-        # 270 when the threshold drops to 0.3 (docs/benchmarks.md, section 2).
+        # Full range at 0.4, with tiles: on megamind.avi, frames with three or more faces
+        # (the third one false, checked by eye) grow from 10 to 25 of 270 when the threshold
+        # drops to 0.3 (docs/benchmarks.md, section 2).
         "full": ("face_detection_full_range.tflite", 192, [4], 1, 0.4),
     }
 
@@ -153,7 +153,7 @@ class BlazeFaceDetector:
         if not self.tiles or long_side <= 1.2 * short_side:
             return self._detect_square(image)
         # One resize serves every pass: the tiles are windows of the frame scaled so that its
-        # short side is the model's input (resizing the full frame per pass cost a third more).
+        # short side is the model's input (resizing the full frame per pass cost a quarter more at 1280x720).
         scale = self.size / short_side
         scaled = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                             interpolation=cv2.INTER_AREA)
