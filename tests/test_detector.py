@@ -37,17 +37,18 @@ def face_patch() -> np.ndarray:
 
 @pytest.mark.parametrize("wide", [True, False])
 def test_tiled_search_finds_a_small_face_where_it_is_in_a_wide_or_tall_frame(wide):
-    """A small face near the far edge of a 16:9 (or 9:16) frame: every box the detector returns
-    for it lies on it, in frame pixels, whichever pass (letterbox or tile) found it."""
+    """A small face near the far edge of a 16:9 (or 9:16) frame, too small for the letterboxed
+    pass alone: the tiles find it, and its box comes back in frame pixels, on the face."""
     patch = face_patch()
-    size = 110
+    size = 90
     small = cv2.resize(patch, (size, int(size * patch.shape[0] / patch.shape[1])), interpolation=cv2.INTER_AREA)
     width, height = (1280, 720) if wide else (720, 1280)
     frame = background(width, height, seed=5)
     x0, y0 = (1100, 300) if wide else (300, 1100)
     frame[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
-    tiled = BlazeFaceDetector("full", tiles=True)
-    boxes, scores = tiled.detect(frame)
+    letterboxed_only, _ = BlazeFaceDetector("full", tiles=False).detect(frame)
+    assert len(letterboxed_only) == 0, "premise: one letterboxed pass misses this face"
+    boxes, scores = BlazeFaceDetector("full", tiles=True).detect(frame)
     assert len(boxes) == 1, f"expected the one pasted face, got {boxes.tolist()} ({scores.tolist()})"
     cx, cy = boxes[0, 0] + boxes[0, 2] / 2, boxes[0, 1] + boxes[0, 3] / 2
     assert x0 < cx < x0 + small.shape[1] and y0 < cy < y0 + small.shape[0]
