@@ -173,6 +173,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from emojimation.finetune import finetune_command
+    from training.finetune import FinetuneConfig
+
+    overrides = _overrides(args, FinetuneConfig)
+    for key in ("pairs", "start", "data", "out"):
+        if key in overrides:
+            overrides[key] = Path(overrides[key])
+    return finetune_command(FinetuneConfig(**overrides))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_command
 
@@ -212,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the emotion CNN on FER2013 (resumes automatically)")
     add_dataclass_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
+
+    from training.finetune import FinetuneConfig
+
+    finetune = sub.add_parser("finetune", help="fine-tune the model on its own detectors' crops (resumes automatically)")
+    add_dataclass_flags(finetune, FinetuneConfig)
+    finetune.set_defaults(handler=cmd_finetune)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class table and confusion matrix")
     evaluate.add_argument("--data", required=True, help="emotion-folder root, split root, or fer2013.csv")

@@ -122,9 +122,10 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
     faces it was trained on), so at least 90 % of segments must have a face.
 
     The issue's target is agreement on >= 95 % of segments. The shipped model reaches about
-    85 % (34 of 40 segments on a 42-face version of this clip; docs/preprocessing.md says why:
-    near-ties, and Haar boxes whose size is off by 15 % per face). The bar is 80 %: a badly
-    framed crop (margin 0.2-0.3 instead of 0: 44-58 % single-frame agreement) falls well below it."""
+    83 % (93 of 112 segments on three 42-face versions of this clip, bench/agreement.py;
+    docs/preprocessing.md says why: Haar boxes on part of a face, and near-ties). The bar is
+    80 %: a badly framed crop (margin 0.2-0.3 instead of 0: 44-58 % single-frame agreement)
+    falls well below it."""
     result = analyse(clips["faces"], "--out", tmp_path / "out", "--detector", "haar", "--every-frame",
                      home=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,118 @@
+"""`emojimation finetune`: wires the detector stage's backends into training's detector-crop fine-tune.
+
+It sits on top, beside `analysis` and `monitor`: `training/` imports only the core, so the
+detectors are handed to it as plain callables. The crops are made once, in one process per
+core, and cached beside the model (they depend on the data, the seed and the detectors only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _detector_callables(names: list[str]):
+    from detector.backends import BlazeFaceDetector, HaarDetector, make_detector
+
+    made = {}
+    for name in names:
+        backend = make_detector(name)
+        if isinstance(backend, HaarDetector):
+            def detect(grey, min_face, backend=backend):
+                # Searching below a third of the face's size only adds cost: the box the
+                # pipeline would crop comes from the face's own scale.
+                backend.min_face = min_face
+                return backend.detect(grey)[0]
+        elif isinstance(backend, BlazeFaceDetector):
+            def detect(grey, min_face, backend=backend):
+                return backend.detect(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))[0]
+        else:  # pragma: no cover - every backend is one of the two
+            raise TypeError(name)
+        made[name] = detect
+    return made
+
+
+_counter = None  # faces done, shared with the parent for its progress bar
+
+
+def _init_worker(counter) -> None:
+    global _counter
+    _counter = counter
+
+
+def _worker(args: tuple) -> dict[str, np.ndarray]:
+    faces, names, renders, seed = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
+    from training.detector_crops import make_pairs
+
+    def progress(done: int) -> None:
+        with _counter.get_lock():
+            _counter.value += 1
+
+    return make_pairs(faces, _detector_callables(names), renders, seed, progress=progress)
+
+
+def build_pairs(faces: np.ndarray, names: list[str], renders: int, seed: int, processes: int) -> dict[str, np.ndarray]:
+    """Pairs for every face, made in `processes` processes (each with its own detectors)."""
+    from tqdm import tqdm
+
+    chunks = np.array_split(np.arange(len(faces)), max(1, processes))
+    context = multiprocessing.get_context("fork")
+    counter = context.Value("i", 0)
+    with context.Pool(len(chunks), initializer=_init_worker, initargs=(counter,)) as pool:
+        pending = pool.map_async(_worker, [(faces[c], names, renders, seed + k) for k, c in enumerate(chunks)])
+        with tqdm(total=len(faces), desc="detector crops", unit="face", file=sys.stderr) as bar:
+            while not pending.ready():
+                pending.wait(1.0)
+                bar.update(counter.value - bar.n)
+            bar.update(counter.value - bar.n)
+        parts = pending.get()
+    offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]])
+    return {
+        "index": np.concatenate([p["index"] + o for p, o in zip(parts, offsets)]),
+        "detector": np.concatenate([p["detector"] for p in parts]),
+        "found": np.concatenate([p["found"] for p in parts]),
+        "crops": np.concatenate([p["crops"] for p in parts]),
+        "names": parts[0]["names"],
+    }
+
+
+def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: int, cache: Path,
+                  processes: int = 2) -> Path:
+    """The cached pairs file for these settings, made if missing."""
+    from training.data import load_faces
+    from training.detector_crops import save_pairs
+
+    if cache.exists():
+        return cache
+    faces = load_faces(data, split, require_all=True)
+    pairs = build_pairs(faces.images, names, renders, seed, processes)
+    for d, name in enumerate(pairs["names"]):
+        hit = pairs["found"][pairs["detector"] == d]
+        print(f"{name}: found {hit.mean():.1%} of {len(hit)} pasted faces", file=sys.stderr, flush=True)
+    save_pairs(cache, pairs, data=str(data), split=split, renders=renders, seed=seed)
+    return cache
+
+
+def finetune_command(config) -> int:
+    """Make (or reuse) the detector crops, then fine-tune: `emojimation finetune`."""
+    from training.data import cache_dir
+    from training.finetune import run
+
+    if config.pairs is None:
+        data_key = hashlib.sha256(str(Path(config.data).resolve()).encode()).hexdigest()[:10]
+        name = f"detector-crops-{'-'.join(config.detectors)}-r{config.renders}-s{config.seed}-{config.split}-{data_key}.npz"
+        config.pairs = prepare_pairs(Path(config.data), config.split, list(config.detectors), config.renders,
+                                     config.seed, cache_dir() / name, processes=max(1, min(2, os.cpu_count() or 1)))
+    run(config)
+    return 0
