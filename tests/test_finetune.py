@@ -68,3 +68,23 @@ def test_finetune_pulls_crop_answers_towards_face_answers(finetuned):
     after = _symmetric_kl(EmotionModel(out / "emojimation_cnn.keras"), originals, pairs["crops"])
     assert after < 0.7 * before, (before, after)
     assert "saved" in stdout
+
+
+def test_finished_run_resumes_instead_of_training_again(finetuned, fer_cache):
+    data, out, _stdout, _pairs = finetuned
+    before = (out / "history-finetune.csv").read_text()
+    result = run_cli("finetune", "--data", data.split_root, "--split", "train", "--out", out, "--epochs", 4,
+                     "--renders", 2, "--consistency", 10, "--learning-rate", 1e-3, "--batch-size", 32,
+                     cache_dir=fer_cache, cwd=out.parent, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch 4" in result.stdout
+    assert not any(line.startswith("epoch ") for line in result.stdout.splitlines())
+    assert (out / "history-finetune.csv").read_text() == before
+
+
+def test_missing_crops_file_is_one_line(tmp_path, fer_cache):
+    result = run_cli("finetune", "--pairs", tmp_path / "none.npz", "--out", tmp_path / "out", cache_dir=fer_cache,
+                     cwd=tmp_path)
+    assert result.returncode != 0
+    assert "none.npz: no detector-crops file" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -66,23 +66,25 @@ def _portable(path: Path) -> str:
     return str(path) if path.is_relative_to(PROJECT_ROOT.parent) else path.name
 
 
-def _pairs_for(config: FinetuneConfig, n_faces: int) -> dict[str, np.ndarray]:
+def _load_pairs(config: FinetuneConfig) -> dict[str, np.ndarray]:
     from training.detector_crops import load_pairs
 
     if config.pairs is None or not Path(config.pairs).is_file():
         raise DataError(f"{config.pairs}: no detector-crops file (make one with `emojimation finetune`)")
-    pairs = load_pairs(Path(config.pairs))
-    if len(pairs["index"]) == 0 or pairs["index"].max() >= n_faces:
-        raise DataError(f"{config.pairs}: its face indices do not match {config.data} ({config.split})")
-    return pairs
+    try:
+        return load_pairs(Path(config.pairs))
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{config.pairs}: unreadable detector-crops file ({error})") from None
 
 
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune `config.start` on its detector crops; write model, metadata and history to `config.out`."""
     from training.data import load_faces, stratified_holdout
 
+    pairs = _load_pairs(config)  # first: a bad file is one line, before the data is decoded
     faces = load_faces(config.data, config.split, require_all=True)
-    pairs = _pairs_for(config, len(faces))
+    if len(pairs["index"]) == 0 or pairs["index"].max() >= len(faces):
+        raise DataError(f"{config.pairs}: its face indices do not match {config.data} ({config.split})")
     train_idx, hold_idx = stratified_holdout(faces.labels, config.holdout_fraction, config.seed)
     # Crops per face as runs of `order`: an epoch draws one crop per training face. Faces with no
     # crops in the file (a file made for a subset) are left out.
