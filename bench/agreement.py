@@ -34,12 +34,14 @@ from emojimation.preprocess import DETECTOR_CROPS, CropGeometry, face_input
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
+    """Every frame as BGR, decoded by ffmpeg as the ingest stage does."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
 def run_pipeline(clip: Path, detector: str, home: Path) -> pd.DataFrame:
+    """The real `analyse --every-frame` on the clip (once: its detections.csv is reused)."""
     out = home / f"{clip.stem}-{detector}"
     if not (out / "detections.csv").exists():
         subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--out", str(out),
@@ -58,6 +60,7 @@ def segment_rows(detections: pd.DataFrame, schedule) -> list[pd.DataFrame | None
 
 
 def score(model: EmotionModel, frames: np.ndarray, segments, schedule, geometry: CropGeometry) -> dict:
+    """Counts of segments found, agreeing with the face alone, and right (pipeline / face alone)."""
     want = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
     agree = found = right = right_alone = 0
     for rows, w, s in zip(segments, want, schedule):
@@ -86,7 +89,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     models = [EmotionModel(m) for m in args.models]
-    totals: dict[tuple[str, str], dict] = {}
+    totals: dict[tuple[str, float, str], dict] = {}  # (detector, margin, model) -> summed counts
     for seed in args.seeds:
         faces = val_faces(int(np.ceil(args.faces / len(EMOTIONS))) + 1, seed=seed)
         order = np.random.default_rng(seed).permutation(len(faces))[:args.faces]
@@ -104,7 +107,7 @@ def main() -> None:
                     geometry = DETECTOR_CROPS[detector]
                     crops = np.stack([face_input(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry.margin,
                                                  geometry.shift_y) for r in rows.itertuples()])
-                    if path == default_pipeline_model():
+                    if path.resolve() == default_pipeline_model().resolve():
                         gap = np.abs(model.probabilities(crops) - rows[list(EMOTIONS)].to_numpy()).max()
                         if gap > 2e-3:
                             print(f"warning: re-cut crops differ from the pipeline's (max prob gap {gap:.4f})")

@@ -2,7 +2,9 @@
 
 It sits on top, beside `analysis` and `monitor`: `training/` imports only the core, so the
 detectors are handed to it as plain callables. The crops are made once, in one process per
-core, and cached beside the model (they depend on the data, the seed and the detectors only).
+core (at most 2), and cached under the user's cache folder. They depend on the data, the
+detectors, the renders per face, the seed and the number of processes (process k renders its
+share of the faces with seed + k), so all of these are in the cache file's name.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _init_worker(counter) -> None:
 
 
 def _worker(args: tuple) -> dict[str, np.ndarray]:
+    """One process's share of the faces, with its own detectors (interpreters are not shared)."""
     faces, names, renders, seed = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
@@ -100,7 +103,8 @@ def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: 
     for d, name in enumerate(pairs["names"]):
         hit = pairs["found"][pairs["detector"] == d]
         print(f"{name}: found {hit.mean():.1%} of {len(hit)} pasted faces", file=sys.stderr, flush=True)
-    save_pairs(cache, pairs, data=str(data), split=split, renders=renders, seed=seed)
+    save_pairs(cache, pairs, data=str(data), split=split, renders=renders, seed=seed, faces=len(faces),
+               processes=processes)
     return cache
 
 
@@ -110,9 +114,11 @@ def finetune_command(config) -> int:
     from training.finetune import run
 
     if config.pairs is None:
+        processes = max(1, min(2, os.cpu_count() or 1))
         data_key = hashlib.sha256(str(Path(config.data).resolve()).encode()).hexdigest()[:10]
-        name = f"detector-crops-{'-'.join(config.detectors)}-r{config.renders}-s{config.seed}-{config.split}-{data_key}.npz"
+        name = (f"detector-crops-{'-'.join(config.detectors)}-r{config.renders}-s{config.seed}-p{processes}"
+                f"-{config.split}-{data_key}.npz")
         config.pairs = prepare_pairs(Path(config.data), config.split, list(config.detectors), config.renders,
-                                     config.seed, cache_dir() / name, processes=max(1, min(2, os.cpu_count() or 1)))
+                                     config.seed, cache_dir() / name, processes=processes)
     run(config)
     return 0

@@ -8,28 +8,52 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import threading
 
 import numpy as np
 import pytest
 
 from emojimation.emotions import EMOTIONS
+from emojimation.errors import DataError
 from emojimation.model_io import DEFAULT_MODEL_PATH, EmotionModel, softmax
-from helpers_fer import build_small_fer, run_cli
-from training.data import load_faces
+from helpers_fer import build_small_fer, cli_command, cli_env, run_cli
+from training.data import load_faces, stratified_holdout
 from training.detector_crops import load_pairs
+from training.finetune import holdout_split
+
+
+def _finetune_args(data, out) -> list[object]:
+    # A strong pull (consistency 10, a high learning rate) so that a few steps show its effect.
+    return ["finetune", "--data", data.split_root, "--split", "train", "--out", out, "--epochs", 4,
+            "--renders", 2, "--consistency", 10, "--learning-rate", 1e-3, "--batch-size", 32]
 
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, fer_cache):
+    """A run SIGKILLed once epoch 2 is reported, then the same command again: it resumes at epoch 3."""
     root = tmp_path_factory.mktemp("finetune")
     data = build_small_fer(root, {e: 20 for e in EMOTIONS})
     out = root / "out"
-    # A strong pull (consistency 10, a high learning rate) so that a few steps show its effect.
-    result = run_cli("finetune", "--data", data.split_root, "--split", "train", "--out", out, "--epochs", 4,
-                     "--renders", 2, "--consistency", 10, "--learning-rate", 1e-3, "--batch-size", 32,
-                     cache_dir=fer_cache, cwd=root, timeout=300)
+    command = cli_command(*_finetune_args(data, out))
+    proc = subprocess.Popen(command, cwd=root, env=cli_env(fer_cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 2/"):
+                os.kill(proc.pid, signal.SIGKILL)  # epoch 2 is saved; epoch 3 has begun
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after epoch 2"
+    result = run_cli(*_finetune_args(data, out), cache_dir=fer_cache, cwd=root, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
-    pairs_file = next(fer_cache.glob("detector-crops-haar-blazeface-r2-s0-train-*.npz"))
+    pairs_file = next(fer_cache.glob("detector-crops-haar-blazeface-r2-s0-p*-train-*.npz"))
     return data, out, result.stdout, load_pairs(pairs_file)
 
 
@@ -58,6 +82,8 @@ def _symmetric_kl(model: EmotionModel, faces: np.ndarray, crops: np.ndarray) -> 
 def test_finetune_pulls_crop_answers_towards_face_answers(finetuned):
     data, out, stdout, pairs = finetuned
     faces = load_faces(data.split_root, "train")
+    assert "resuming after epoch 2" in stdout
+    assert [ln.split()[1] for ln in stdout.splitlines() if ln.startswith("epoch ")] == ["3/4", "4/4"]
     with (out / "history-finetune.csv").open() as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
     meta = json.loads((out / "emojimation_cnn.json").read_text())
@@ -73,9 +99,7 @@ def test_finetune_pulls_crop_answers_towards_face_answers(finetuned):
 def test_finished_run_resumes_instead_of_training_again(finetuned, fer_cache):
     data, out, _stdout, _pairs = finetuned
     before = (out / "history-finetune.csv").read_text()
-    result = run_cli("finetune", "--data", data.split_root, "--split", "train", "--out", out, "--epochs", 4,
-                     "--renders", 2, "--consistency", 10, "--learning-rate", 1e-3, "--batch-size", 32,
-                     cache_dir=fer_cache, cwd=out.parent, timeout=300)
+    result = run_cli(*_finetune_args(data, out), cache_dir=fer_cache, cwd=out.parent, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming after epoch 4" in result.stdout
     assert not any(line.startswith("epoch ") for line in result.stdout.splitlines())
@@ -88,3 +112,32 @@ def test_missing_crops_file_is_one_line(tmp_path, fer_cache):
     assert result.returncode != 0
     assert "none.npz: no detector-crops file" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_changed_settings_do_not_resume_a_run_in_progress(finetuned, fer_cache):
+    data, out, _stdout, _pairs = finetuned
+    args = _finetune_args(data, out)
+    args[args.index("--consistency") + 1] = 3
+    result = run_cli(*args, cache_dir=fer_cache, cwd=out.parent, timeout=300)
+    assert result.returncode == 1
+    assert "other settings (consistency)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hold_out_is_the_start_models_own(tmp_path):
+    """The fine-tune never trains on the faces the start model held out, whatever its own --seed."""
+    labels = np.repeat(np.arange(7), 40)
+    (tmp_path / "m.json").write_text(json.dumps({"train_config": {"seed": 3, "holdout_fraction": 0.1}}))
+    train_idx, hold_idx = holdout_split(labels, tmp_path / "m.keras")
+    expected_train, expected_hold = stratified_holdout(labels, 0.1, 3)
+    np.testing.assert_array_equal(hold_idx, expected_hold)
+    np.testing.assert_array_equal(train_idx, expected_train)
+    assert not set(train_idx) & set(hold_idx)
+    (tmp_path / "m.json").write_text(json.dumps({"train_config": {"seed": 3, "limit": 100}}))
+    with pytest.raises(DataError, match="subset"):
+        holdout_split(labels, tmp_path / "m.keras")
+
+
+def test_refuses_to_overwrite_the_start_model(tmp_path, fer_cache):
+    result = run_cli("finetune", "--pairs", tmp_path / "p.npz", "--out", tmp_path, "--start", tmp_path / "emojimation_cnn.keras",
+                     cache_dir=fer_cache, cwd=tmp_path)
+    assert result.returncode == 1 and "would overwrite the start model" in result.stderr

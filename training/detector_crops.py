@@ -1,9 +1,9 @@
 """Training pairs that teach the model to answer the same on a detector's crop as on the face itself.
 
 Why: FER2013 faces are tight crops made by some other detector. Our detectors frame a face a
-little differently (Haar's box size is off by 15 % per face, docs/preprocessing.md), and the
-same face pasted into a video frame and cut out again is also resampled. A model trained only
-on the original crops changes its answer on about one face in seven under that reframing.
+little differently (Haar's box size is off by about 19 % per face, docs/preprocessing.md), and
+the same face pasted into a video frame and cut out again is also resampled. The model trained
+only on the original crops changed its answer on 19 % of such crops (models/README.md).
 
 For each training face this module pastes the face, enlarged, into a synthetic frame, runs each
 detector it is given on the frame, and cuts the detector's crop with the shared preprocessing
@@ -41,11 +41,12 @@ DetectFn = Callable[[np.ndarray, int], np.ndarray]
 class RenderSettings:
     face_px: tuple[int, int] = (64, 224)  # enlarged face side, uniform
     jpeg_quality: tuple[int, int] = (45, 95)  # a codec's blocking and blur
-    jitter_scale_sd: float = 0.12  # for missed faces: log-normal box scale, like Haar's spread
+    jitter_scale_sd: float = 0.12  # for missed faces: log-normal box scale (Haar's found boxes spread ~0.15-0.19)
     jitter_shift_sd: float = 0.05  # and a centre shift, fraction of the side
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A random flat, gradient or blotchy grey field with sensor-like noise."""
     kind = rng.integers(3)
     level = rng.uniform(40, 215)
     if kind == 0:  # flat
@@ -91,7 +92,10 @@ def matching_box(boxes: np.ndarray, pasted: tuple[int, int, int, int]) -> np.nda
     """The detector's box for the pasted face: best overlap, centre inside the face.
 
     The bar is low on purpose (IoU 0.15): a box on part of the face is still the box the
-    pipeline would crop, and the model should answer from it as from the whole face.
+    pipeline would crop, and the model should answer from it as from the whole face. Boxes
+    smaller than about 0.39 of the face's side fall below it (and `emojimation finetune` does not
+    search Haar below 0.35), so the smallest part-face boxes the pipeline meets are not trained
+    on: the face gets a jittered whole-face box instead.
     """
     if len(boxes) == 0:
         return None
@@ -105,6 +109,7 @@ def matching_box(boxes: np.ndarray, pasted: tuple[int, int, int, int]) -> np.nda
 
 
 def jittered_box(pasted: tuple[int, int, int, int], rng: np.random.Generator, settings: RenderSettings) -> np.ndarray:
+    """A stand-in detector box for a missed face: the pasted square, mis-sized and shifted at random."""
     x, y, side, _ = pasted
     new_side = side * float(np.exp(rng.normal(0, settings.jitter_scale_sd)))
     cx = x + side / 2 + rng.normal(0, settings.jitter_shift_sd) * side
@@ -147,6 +152,7 @@ def make_pairs(faces: np.ndarray, detectors: dict[str, DetectFn], renders: int, 
 
 
 def save_pairs(path: Path, pairs: dict[str, np.ndarray], **meta: object) -> None:
+    """Write atomically; `meta` values are stored as `meta_<name>` arrays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, **pairs, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
@@ -154,5 +160,6 @@ def save_pairs(path: Path, pairs: dict[str, np.ndarray], **meta: object) -> None
 
 
 def load_pairs(path: Path) -> dict[str, np.ndarray]:
+    """The arrays `make_pairs` returned, plus any `meta_<name>` saved with them."""
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

@@ -34,13 +34,17 @@ from training.train import DEFAULT_DATA, MODEL_FILENAME, class_weights, fit_temp
 
 @dataclass
 class FinetuneConfig:
+    """Settings of one fine-tune run; `emojimation finetune` has a flag for each."""
+
     pairs: Path | None = None  # the detector crops (default: made and cached by `emojimation finetune`)
     detectors: list[str] = field(default_factory=lambda: ["haar", "blazeface"])  # whose crops to make
     renders: int = 2  # frames per face, each cut by every detector
     start: Path = DEFAULT_MODEL_PATH  # the trained model to fine-tune
     data: Path = DEFAULT_DATA
     split: str = "train"
-    out: Path = PROJECT_ROOT / "models"
+    # Not models/: the start model stays as it was. Ship a result by copying it (and its .json)
+    # into models/ and running `python -m training.export`.
+    out: Path = PROJECT_ROOT / "runs" / "finetune"
     epochs: int = 3  # an epoch: every face once, each with one of its crops drawn at random
     batch_size: int = 64  # faces per step (the step sees these and as many crops)
     learning_rate: float = 1e-4  # peak; a short warm-up, then cosine decay
@@ -50,16 +54,16 @@ class FinetuneConfig:
     # (models/README.md): 1 raised val accuracy and crop agreement; 2 and 5 agreed a little more
     # on single crops but cost accuracy (fear recall most).
     consistency: float = 1.0
-    holdout_fraction: float = 0.05  # must match the training run's, so the hold-out stays unseen
     class_weight_power: float = 0.3
-    seed: int = 0
+    seed: int = 0  # the crops' renders and the epochs' shuffles; the hold-out comes from the start model
     restart: bool = False
     precision: str = "auto"
     threads: int | None = None
 
 
 def _portable(path: Path) -> str:
-    """A path for the metadata: relative to the project when inside it, else its name (cache files)."""
+    """A path for the metadata: relative to the project inside it; as is beside it (the shared
+    data); else just its name (the crops cache under the user's home)."""
     path = Path(path).resolve()
     if path.is_relative_to(PROJECT_ROOT):
         return str(path.relative_to(PROJECT_ROOT))
@@ -77,20 +81,67 @@ def _load_pairs(config: FinetuneConfig) -> dict[str, np.ndarray]:
         raise DataError(f"{config.pairs}: unreadable detector-crops file ({error})") from None
 
 
+def holdout_split(labels: np.ndarray, start: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, holdout_idx) exactly as the start model's training run split `labels`.
+
+    The hold-out must stay unseen by the fine-tune too: it refits the temperature and
+    reports the figures, so it is rebuilt from the start model's own `train_config`.
+    """
+    from training.data import stratified_holdout
+    from training.train import TrainConfig
+
+    trained = ModelInfo.load(metadata_path(Path(start))).extra.get("train_config", {})
+    if trained.get("limit"):
+        raise DataError(f"{start}: was trained on a subset (--limit); its hold-out cannot be rebuilt")
+    return stratified_holdout(labels, float(trained.get("holdout_fraction", TrainConfig.holdout_fraction)),
+                              int(trained.get("seed", TrainConfig.seed)))
+
+
+# Settings a resumed run must share with the run it resumes.
+RESUME_KEYS = ("start", "pairs", "epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing",
+               "consistency", "seed")
+
+
+def _resume_signature(config: FinetuneConfig) -> dict[str, object]:
+    values = asdict(config)
+    return {k: str(values[k]) for k in RESUME_KEYS}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _trim_history(history_path: Path, last_epoch: int) -> None:
+    """Drop rows past the last saved epoch (a kill after the row was written, before the save)."""
+    if not history_path.exists():
+        return
+    lines = history_path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= last_epoch]
+    if last_epoch == 0:
+        history_path.unlink()
+    elif kept != lines:
+        history_path.write_text("".join(kept))
+
+
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune `config.start` on its detector crops; write model, metadata and history to `config.out`."""
-    from training.data import load_faces, stratified_holdout
+    from training.data import load_faces
 
+    if Path(config.out).resolve() / MODEL_FILENAME == Path(config.start).resolve():
+        raise DataError(f"{config.start}: --out would overwrite the start model; choose another folder")
     pairs = _load_pairs(config)  # first: a bad file is one line, before the data is decoded
     faces = load_faces(config.data, config.split, require_all=True)
-    if len(pairs["index"]) == 0 or pairs["index"].max() >= len(faces):
-        raise DataError(f"{config.pairs}: its face indices do not match {config.data} ({config.split})")
-    train_idx, hold_idx = stratified_holdout(faces.labels, config.holdout_fraction, config.seed)
-    # Crops per face as runs of `order`: an epoch draws one crop per training face. Faces with no
-    # crops in the file (a file made for a subset) are left out.
-    order = np.argsort(pairs["index"], kind="stable")
-    starts = np.searchsorted(pairs["index"][order], np.arange(len(faces) + 1))
-    has_crops = starts[1:] > starts[:-1]
+    made_for = int(pairs["meta_faces"]) if "meta_faces" in pairs else None
+    if len(pairs["index"]) == 0 or pairs["index"].max() >= len(faces) or made_for not in (None, len(faces)):
+        raise DataError(f"{config.pairs}: made for other data than {config.data} ({config.split})")
+    train_idx, hold_idx = holdout_split(faces.labels, config.start)
+    # The crops of face i are rows crops_by_face[first_crop[i]:first_crop[i + 1]]: an epoch draws
+    # one per training face. Faces with no crops in the file (made for a subset) are left out.
+    crops_by_face = np.argsort(pairs["index"], kind="stable")
+    first_crop = np.searchsorted(pairs["index"][crops_by_face], np.arange(len(faces) + 1))
+    has_crops = first_crop[1:] > first_crop[:-1]
     train_idx, hold_idx = train_idx[has_crops[train_idx]], hold_idx[has_crops[hold_idx]]
     if not len(train_idx) or not len(hold_idx):
         raise DataError(f"{config.pairs}: needs crops of training and hold-out faces")
@@ -105,10 +156,10 @@ def run(config: FinetuneConfig) -> Path:
     configure_tensorflow_threads(config.threads, 1 if config.threads else None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    backup = out / "checkpoints-finetune"
-    if config.restart and backup.exists():
-        shutil.rmtree(backup)
-    backup.mkdir(parents=True, exist_ok=True)
+    backup_dir = out / "checkpoints-finetune"
+    if config.restart and backup_dir.exists():
+        shutil.rmtree(backup_dir)
+    backup_dir.mkdir(parents=True, exist_ok=True)
     history_path = out / "history-finetune.csv"
 
     keras.utils.set_random_seed(config.seed)
@@ -144,15 +195,23 @@ def run(config: FinetuneConfig) -> Path:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return label_loss, tf.reduce_mean(kl)
 
-    state_path = backup / "state.json"
+    # A checkpoint is the epoch's weights and optimizer state under the epoch's own names; the
+    # state file, replaced atomically, names the last complete one.
+    state_path = backup_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"epoch": 0}
+    signature = _resume_signature(config)
+    if state["epoch"] and state.get("settings") != signature:
+        changed = [k for k in RESUME_KEYS if (state.get("settings") or {}).get(k) != signature[k]]
+        raise DataError(f"{backup_dir}: a run with other settings ({', '.join(changed)}) is in progress;"
+                        " use the same settings to resume, or --restart")
+    optimizer.build(model.trainable_variables)
     if state["epoch"]:
-        model.load_weights(backup / "last.weights.h5")
-        optimizer.build(model.trainable_variables)
-        optimizer.iterations.assign(state["epoch"] * steps_per_epoch)  # the schedule resumes where it stopped
-        print(f"resuming after epoch {state['epoch']} from {backup}", flush=True)
-    elif history_path.exists():
-        history_path.unlink()
+        model.load_weights(backup_dir / f"epoch_{state['epoch']}.weights.h5")
+        with np.load(backup_dir / f"epoch_{state['epoch']}.optimizer.npz") as saved:
+            for k, variable in enumerate(optimizer.variables):
+                variable.assign(saved[f"v{k}"])  # moments and the step count: the schedule resumes too
+        print(f"resuming after epoch {state['epoch']} from {backup_dir}", flush=True)
+    _trim_history(history_path, state["epoch"])
     print(f"fine-tuning {config.start.name} on {len(train_idx)} faces with {len(pairs['index'])} crops"
           f" ({', '.join(map(str, pairs['names']))}), {steps_per_epoch} steps/epoch,"
           f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
@@ -161,7 +220,8 @@ def run(config: FinetuneConfig) -> Path:
         epoch_rng = np.random.default_rng([config.seed, epoch])
         started = time.perf_counter()
         picks = epoch_rng.permutation(train_idx)
-        crop_rows = order[starts[picks] + (epoch_rng.random(len(picks)) * (starts[picks + 1] - starts[picks])).astype(int)]
+        counts = first_crop[picks + 1] - first_crop[picks]
+        crop_rows = crops_by_face[first_crop[picks] + (epoch_rng.random(len(picks)) * counts).astype(int)]
         sums = np.zeros(2)
         for step in range(steps_per_epoch):
             batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
@@ -171,19 +231,21 @@ def run(config: FinetuneConfig) -> Path:
             x_face[flip], x_crop[flip] = x_face[flip, :, ::-1], x_crop[flip, :, ::-1]
             losses = train_step(x_face[..., None], x_crop[..., None], faces.labels[picks[batch]])
             sums += [float(v) for v in losses]
-        row = {"epoch": epoch, "label_loss": sums[0] / steps_per_epoch, "consistency": sums[1] / steps_per_epoch,
+        row = {"epoch": epoch, "label_loss": sums[0] / steps_per_epoch, "symmetric_kl": sums[1] / steps_per_epoch,
                "seconds": round(time.perf_counter() - started, 1)}
         new_file = not history_path.exists()
         with history_path.open("a") as handle:
             if new_file:
                 handle.write(",".join(row) + "\n")
             handle.write(",".join(str(v) for v in row.values()) + "\n")
-        tmp = backup / "last.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, backup / "last.weights.h5")
-        state_path.write_text(json.dumps({"epoch": epoch}))
+        model.save_weights(backup_dir / f"epoch_{epoch}.weights.h5")
+        np.savez(backup_dir / f"epoch_{epoch}.optimizer.npz",
+                 **{f"v{k}": v.numpy() for k, v in enumerate(optimizer.variables)})
+        _write_json(state_path, {"epoch": epoch, "settings": signature})
+        for old in backup_dir.glob(f"epoch_{epoch - 1}.*"):
+            old.unlink()
         print(f"epoch {epoch}/{config.epochs}  label loss {row['label_loss']:.4f}  symmetric KL"
-              f" {row['consistency']:.4f}  {row['seconds']:.0f}s", flush=True)
+              f" {row['symmetric_kl']:.4f}  {row['seconds']:.0f}s", flush=True)
 
     keras.mixed_precision.set_global_policy("float32")
     final = make_model(width=width)
@@ -191,7 +253,7 @@ def run(config: FinetuneConfig) -> Path:
     hold_faces = faces.images[hold_idx][..., None].astype(np.float32)
     hold_crops = pairs["crops"][in_hold][..., None].astype(np.float32)
     hold_labels, hold_crop_labels = faces.labels[hold_idx], faces.labels[pairs["index"][in_hold]]
-    face_of_crop = np.searchsorted(hold_idx, pairs["index"][in_hold])
+    face_of_crop = np.searchsorted(hold_idx, pairs["index"][in_hold])  # hold_idx is sorted
 
     def holdout_logits() -> tuple[np.ndarray, np.ndarray]:
         """Flip-averaged logits on the hold-out faces and on their crops, as the product computes them."""
@@ -201,6 +263,7 @@ def run(config: FinetuneConfig) -> Path:
         return flipped(hold_faces), flipped(hold_crops)
 
     def holdout_summary(face_logits: np.ndarray, crop_logits: np.ndarray) -> dict[str, float]:
+        """Accuracy on faces and crops, and how often a crop gets its face's answer."""
         face_answer, crop_answer = face_logits.argmax(axis=1), crop_logits.argmax(axis=1)
         return {"holdout_accuracy": round(float((face_answer == hold_labels).mean()), 4),
                 "holdout_crop_accuracy": round(float((crop_answer == hold_crop_labels).mean()), 4),
@@ -208,7 +271,7 @@ def run(config: FinetuneConfig) -> Path:
 
     final.set_weights(start_model.get_weights())
     before = holdout_summary(*holdout_logits())
-    final.load_weights(backup / "last.weights.h5")
+    final.load_weights(backup_dir / f"epoch_{config.epochs}.weights.h5")
     face_logits, crop_logits = holdout_logits()
     summary = holdout_summary(face_logits, crop_logits)
     temperature = fit_temperature(np.concatenate([face_logits, crop_logits]),
