@@ -10,7 +10,6 @@ share of the faces with seed + k), so all of these are in the cache file's name.
 from __future__ import annotations
 
 import hashlib
-import logging
 import multiprocessing
 import os
 import sys
@@ -18,8 +17,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 def _detector_callables(names: list[str]):

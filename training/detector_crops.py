@@ -20,7 +20,6 @@ and noisy fields at random levels, so the fine-tune cannot learn one background.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ import numpy as np
 
 from emojimation.preprocess import DETECTOR_CROPS, INPUT_SIZE, face_input
 
-logger = logging.getLogger(__name__)
 
 # (grey frame, smallest face side worth searching) -> boxes (N, 4) x, y, w, h
 DetectFn = Callable[[np.ndarray, int], np.ndarray]
