@@ -9,6 +9,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from emojimation.boxes import intersection_matrix
 from emojimation.errors import ConfigError
 
 
@@ -100,11 +101,7 @@ def suppress_overlaps(boxes: np.ndarray, scores: np.ndarray, iou: float, contain
     kept: list[int] = []
     area = boxes[:, 2] * boxes[:, 3]
     for i in np.argsort(-scores):
-        x1 = np.maximum(boxes[i, 0], boxes[kept, 0])
-        y1 = np.maximum(boxes[i, 1], boxes[kept, 1])
-        x2 = np.minimum(boxes[i, 0] + boxes[i, 2], boxes[kept, 0] + boxes[kept, 2])
-        y2 = np.minimum(boxes[i, 1] + boxes[i, 3], boxes[kept, 1] + boxes[kept, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        inter = intersection_matrix(boxes[i], boxes[kept])[0]
         union = area[i] + area[kept] - inter
         if np.any(inter / np.maximum(union, 1e-6) > iou) or \
                 np.any(inter / np.maximum(np.minimum(area[i], area[kept]), 1e-6) > contained):

@@ -96,6 +96,22 @@ def test_finetune_pulls_crop_answers_towards_face_answers(finetuned):
     assert "saved" in stdout
 
 
+def test_the_consistency_term_does_the_pulling(finetuned, fer_cache):
+    """Cross-entropy on the crops alone also brings crop and face answers closer: the same run
+    without the consistency term must leave them clearly further apart."""
+    data, out, _stdout, pairs = finetuned
+    control = out.parent / "control"
+    args = _finetune_args(data, control)
+    args[args.index("--consistency") + 1] = 0
+    result = run_cli(*args, cache_dir=fer_cache, cwd=out.parent, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    originals = load_faces(data.split_root, "train").images[pairs["index"]]
+    pulled = _symmetric_kl(EmotionModel(out / "emojimation_cnn.keras"), originals, pairs["crops"])
+    unpulled = _symmetric_kl(EmotionModel(control / "emojimation_cnn.keras"), originals, pairs["crops"])
+    print(f"symmetric KL: consistency 10 {pulled:.3f}, consistency 0 {unpulled:.3f}")
+    assert pulled < 0.7 * unpulled, (pulled, unpulled)
+
+
 def test_finished_run_resumes_instead_of_training_again(finetuned, fer_cache):
     data, out, _stdout, _pairs = finetuned
     before = (out / "history-finetune.csv").read_text()

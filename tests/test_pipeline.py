@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.agreement import segment_rows
 from bench.synthetic import SHARED_DATA, compose_clip, require_shared_data, val_faces
 from emojimation.emotions import EMOTIONS
 from emojimation.model_io import EmotionModel, default_pipeline_model
@@ -134,11 +135,9 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
     schedule = clips["schedule"]
     expected = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
     agree = found = 0
-    for segment, want in zip(schedule, expected):
-        rows = detections[(detections.time_s >= segment.start_s + 0.25) & (detections.time_s < segment.end_s - 0.25)]
-        if len(rows):
+    for main_track, want in zip(segment_rows(detections, schedule), expected):
+        if main_track is not None:
             found += 1
-            main_track = rows[rows.track_id == rows.groupby("track_id").size().idxmax()]
             agree += int(main_track[list(EMOTIONS)].mean().to_numpy().argmax() == want)
     assert found >= 0.9 * len(schedule), f"faces found in only {found}/{len(schedule)} segments"
     assert agree >= 0.8 * found, f"{agree}/{found} segments agree"

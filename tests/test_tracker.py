@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.timeline import TrackTimeline, emotion_segments
-from aggregator.tracker import FaceTracker, iou_matrix
+from aggregator.tracker import FaceTracker
+from emojimation.boxes import iou_matrix
 
 
 def test_iou_matrix_values():

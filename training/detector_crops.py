@@ -28,6 +28,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from emojimation.boxes import iou_matrix
 from emojimation.preprocess import DETECTOR_CROPS, INPUT_SIZE, face_input
 
 
@@ -78,14 +79,6 @@ def render(face: np.ndarray, rng: np.random.Generator, settings: RenderSettings)
     return frame, (x, y, size, size)
 
 
-def _iou(a: np.ndarray, b: tuple[int, int, int, int]) -> np.ndarray:
-    bx, by, bw, bh = b
-    x1, y1 = np.maximum(a[:, 0], bx), np.maximum(a[:, 1], by)
-    x2, y2 = np.minimum(a[:, 0] + a[:, 2], bx + bw), np.minimum(a[:, 1] + a[:, 3], by + bh)
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    return inter / (a[:, 2] * a[:, 3] + bw * bh - inter)
-
-
 def matching_box(boxes: np.ndarray, pasted: tuple[int, int, int, int]) -> np.ndarray | None:
     """The detector's box for the pasted face: best overlap, centre inside the face.
 
@@ -97,7 +90,7 @@ def matching_box(boxes: np.ndarray, pasted: tuple[int, int, int, int]) -> np.nda
     """
     if len(boxes) == 0:
         return None
-    ious = _iou(boxes, pasted)
+    ious = iou_matrix(boxes, np.asarray(pasted, np.float32))[:, 0]
     best = int(ious.argmax())
     x, y, side = pasted[0], pasted[1], pasted[2]
     cx, cy = boxes[best, 0] + boxes[best, 2] / 2, boxes[best, 1] + boxes[best, 3] / 2

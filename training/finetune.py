@@ -29,7 +29,9 @@ from emojimation.model_io import (
     DEFAULT_MODEL_PATH, PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path,
     quiet_tensorflow,
 )
-from training.train import DEFAULT_DATA, MODEL_FILENAME, class_weights, fit_temperature
+from training.train import (
+    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history,
+)
 
 
 @dataclass
@@ -111,18 +113,6 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
-
-
-def _trim_history(history_path: Path, last_epoch: int) -> None:
-    """Drop rows past the last saved epoch (a kill after the row was written, before the save)."""
-    if not history_path.exists():
-        return
-    lines = history_path.read_text().splitlines(keepends=True)
-    kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= last_epoch]
-    if last_epoch == 0:
-        history_path.unlink()
-    elif kept != lines:
-        history_path.write_text("".join(kept))
 
 
 def run(config: FinetuneConfig) -> Path:
@@ -211,7 +201,7 @@ def run(config: FinetuneConfig) -> Path:
             for k, variable in enumerate(optimizer.variables):
                 variable.assign(saved[f"v{k}"])  # moments and the step count: the schedule resumes too
         print(f"resuming after epoch {state['epoch']} from {backup_dir}", flush=True)
-    _trim_history(history_path, state["epoch"])
+    trim_history(history_path, state["epoch"])
     print(f"fine-tuning {config.start.name} on {len(train_idx)} faces with {len(pairs['index'])} crops"
           f" ({', '.join(map(str, pairs['names']))}), {steps_per_epoch} steps/epoch,"
           f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
@@ -233,11 +223,7 @@ def run(config: FinetuneConfig) -> Path:
             sums += [float(v) for v in losses]
         row = {"epoch": epoch, "label_loss": sums[0] / steps_per_epoch, "symmetric_kl": sums[1] / steps_per_epoch,
                "seconds": round(time.perf_counter() - started, 1)}
-        new_file = not history_path.exists()
-        with history_path.open("a") as handle:
-            if new_file:
-                handle.write(",".join(row) + "\n")
-            handle.write(",".join(str(v) for v in row.values()) + "\n")
+        append_history(history_path, row)
         model.save_weights(backup_dir / f"epoch_{epoch}.weights.h5")
         np.savez(backup_dir / f"epoch_{epoch}.optimizer.npz",
                  **{f"v{k}": v.numpy() for k, v in enumerate(optimizer.variables)})

@@ -195,7 +195,7 @@ def run(config: TrainConfig) -> Path:
                 self.resumed = True
                 if epoch:
                     print(f"resuming after epoch {epoch} from {backup_dir}", flush=True)
-                _trim_history(history_csv, epoch)
+                trim_history(history_csv, epoch)
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -207,12 +207,7 @@ def run(config: TrainConfig) -> Path:
                 "learning_rate": float(schedule(self.model.optimizer.iterations)),
                 "seconds": time.perf_counter() - self.started,
             }
-            new_file = not history_csv.exists()
-            with history_csv.open("a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(row))
-                if new_file:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_history(history_csv, row)
             if row["holdout_accuracy"] > state["best_holdout_accuracy"]:
                 state.update(best_holdout_accuracy=row["holdout_accuracy"], best_epoch=row["epoch"])
                 tmp_best = best_path.with_name("best.tmp.weights.h5")
@@ -297,7 +292,17 @@ def run(config: TrainConfig) -> Path:
     return model_path
 
 
-def _trim_history(history_csv: Path, last_epoch: int) -> None:
+def append_history(history_csv: Path, row: dict[str, object]) -> None:
+    """One epoch's row; the header comes with the first."""
+    new_file = not history_csv.exists()
+    with history_csv.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def trim_history(history_csv: Path, last_epoch: int) -> None:
     """Drop rows past the last finished epoch (a kill between CSV write and backup)."""
     if not last_epoch:
         history_csv.unlink(missing_ok=True)  # starting at epoch 1: drop a killed first epoch's row
