@@ -10,8 +10,14 @@ Re-scoring other models on the same boxes is exact because the boxes do not depe
 model: the frames are decoded again with ffmpeg and cut with the shared `face_input`. The
 first model's re-scored probabilities are checked against the pipeline's own output.
 
+Each model is also scored on the pasted square itself (detector "pasted": a perfect box, over
+the same frames), which separates what the detector's boxes cost from what enlarging,
+encoding and shrinking the face cost. `--low-pass` re-scores with a Gaussian blur on both
+the face and its crops: an experiment (docs/preprocessing.md), not the product's preprocessing.
+
     .venv/bin/python -m bench.agreement [--seeds 7 11 13] [--faces 42] [--detectors haar blazeface]
                                         [--models models/emojimation_cnn.tflite other.tflite]
+                                        [--margins 0.05] [--low-pass 0 0.5] [--work DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -59,21 +66,48 @@ def segment_rows(detections: pd.DataFrame, schedule) -> list[pd.DataFrame | None
     return picked
 
 
-def score(model: EmotionModel, frames: np.ndarray, segments, schedule, geometry: CropGeometry) -> dict:
+def track_crops(frames: np.ndarray, segments, geometry: CropGeometry) -> list[np.ndarray | None]:
+    """Each segment's crops from its main track's boxes (None where no face was found)."""
+    return [None if rows is None else
+            np.stack([face_input(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry.margin, geometry.shift_y)
+                      for r in rows.itertuples()])
+            for rows in segments]
+
+
+def pasted_crops(frames: np.ndarray, schedule, fps: float) -> list[np.ndarray]:
+    """Each segment's crops at the pasted square itself, over the frames `segment_rows` keeps."""
+    return [np.stack([face_input(frames[f], box) for f, box in s.boxes.items()
+                      if s.start_s + 0.25 <= f / fps < s.end_s - 0.25])
+            for s in schedule]
+
+
+def low_passed(faces: np.ndarray, sigma: float) -> np.ndarray:
+    return faces if sigma <= 0 else np.stack([cv2.GaussianBlur(face, (0, 0), sigma) for face in faces])
+
+
+def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0) -> dict:
     """Counts of segments found, agreeing with the face alone, and right (pipeline / face alone)."""
-    want = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
+    faces = np.stack([face_input(s.face) for s in schedule])
+    want = model.probabilities(low_passed(faces, low_pass)).argmax(axis=1)
     agree = found = right = right_alone = 0
-    for rows, w, s in zip(segments, want, schedule):
-        if rows is None:
+    for segment_crops, w, s in zip(crops, want, schedule):
+        if segment_crops is None:
             continue
-        crops = np.stack([face_input(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry.margin, geometry.shift_y)
-                          for r in rows.itertuples()])
-        got = model.probabilities(crops).mean(axis=0).argmax()
+        got = model.probabilities(low_passed(segment_crops, low_pass)).mean(axis=0).argmax()
         found += 1
         agree += int(got == w)
         right += int(got == s.label)
         right_alone += int(w == s.label)
     return {"segments": len(schedule), "found": found, "agree": agree, "right": right, "right_alone": right_alone}
+
+
+def check_recut(model: EmotionModel, crops: list[np.ndarray | None], segments) -> None:
+    """The re-cut crops must reproduce the pipeline's own probabilities (shipped model only)."""
+    rows = pd.concat([r for r in segments if r is not None])
+    gap = np.abs(model.probabilities(np.concatenate([c for c in crops if c is not None]))
+                 - rows[list(EMOTIONS)].to_numpy()).max()
+    if gap > 2e-3:
+        print(f"warning: re-cut crops differ from the pipeline's (max prob gap {gap:.4f})")
 
 
 def main() -> None:
@@ -84,12 +118,26 @@ def main() -> None:
     parser.add_argument("--models", type=Path, nargs="+", default=[default_pipeline_model()])
     parser.add_argument("--margins", type=float, nargs="+", default=None,
                         help="re-score with these crop margins too (default: the detector's own geometry only)")
+    parser.add_argument("--low-pass", type=float, nargs="+", default=[0.0],
+                        help="Gaussian sigmas (48x48 pixels) to re-score with, on face and crops alike (0: none)")
     parser.add_argument("--work", type=Path, default=None, help="keep clips and pipeline outputs here (reused)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     models = [EmotionModel(m) for m in args.models]
-    totals: dict[tuple[str, float, str], dict] = {}  # (detector, margin, model) -> summed counts
+    shipped = default_pipeline_model().resolve()
+    totals: dict[tuple[str, float, float, str], dict] = {}  # (detector, margin, low-pass, model) -> summed counts
+
+    def report(seed: int, detector: str, margin: float, crops: list) -> None:
+        for path, model in zip(args.models, models):
+            for sigma in args.low_pass:
+                result = score(model, crops, schedule, sigma)
+                print(json.dumps({"seed": seed, "detector": detector, "margin": margin, "low_pass": sigma,
+                                  "model": str(path), **result}), flush=True)
+                total = totals.setdefault((detector, margin, sigma, str(path)), {})
+                for key, value in result.items():
+                    total[key] = total.get(key, 0) + value
+
     for seed in args.seeds:
         faces = val_faces(int(np.ceil(args.faces / len(EMOTIONS))) + 1, seed=seed)
         order = np.random.default_rng(seed).permutation(len(faces))[:args.faces]
@@ -98,29 +146,17 @@ def main() -> None:
         schedule = compose_clip(clip, [f for f, _, _ in scheduled], [l for _, l, _ in scheduled],
                                 seconds_per_face=2.0, fps=10.0, face_px=170)
         frames = decode(clip)
+        report(seed, "pasted", 0.0, pasted_crops(frames, schedule, fps=10.0))
         for detector in args.detectors:
-            detections = run_pipeline(clip, detector, work)
-            segments = segment_rows(detections, schedule)
-            for k, (path, model) in enumerate(zip(args.models, models)):
-                if k == 0:  # the re-cut crops must reproduce the pipeline's own probabilities
-                    rows = pd.concat([r for r in segments if r is not None])
-                    geometry = DETECTOR_CROPS[detector]
-                    crops = np.stack([face_input(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry.margin,
-                                                 geometry.shift_y) for r in rows.itertuples()])
-                    if path.resolve() == default_pipeline_model().resolve():
-                        gap = np.abs(model.probabilities(crops) - rows[list(EMOTIONS)].to_numpy()).max()
-                        if gap > 2e-3:
-                            print(f"warning: re-cut crops differ from the pipeline's (max prob gap {gap:.4f})")
-                own = DETECTOR_CROPS[detector]
-                for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
-                    result = score(model, frames, segments, schedule, CropGeometry(margin, own.shift_y))
-                    print(json.dumps({"seed": seed, "detector": detector, "margin": margin, "model": str(path),
-                                      **result}), flush=True)
-                    total = totals.setdefault((detector, margin, str(path)), {})
-                    for key, value in result.items():
-                        total[key] = total.get(key, 0) + value
-    for (detector, margin, path), total in totals.items():
-        print(f"TOTAL {detector} margin {margin} {path}: agree {total['agree']}/{total['found']} "
+            segments = segment_rows(run_pipeline(clip, detector, work), schedule)
+            own = DETECTOR_CROPS[detector]
+            for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
+                crops = track_crops(frames, segments, CropGeometry(margin, own.shift_y))
+                if margin == own.margin and shipped in {p.resolve() for p in args.models}:
+                    check_recut(models[[p.resolve() for p in args.models].index(shipped)], crops, segments)
+                report(seed, detector, margin, crops)
+    for (detector, margin, sigma, path), total in totals.items():
+        print(f"TOTAL {detector} margin {margin} low-pass {sigma} {path}: agree {total['agree']}/{total['found']} "
               f"({total['agree'] / max(1, total['found']):.1%}), right {total['right']} vs alone {total['right_alone']}, "
               f"found {total['found']}/{total['segments']}")
 

@@ -8,7 +8,7 @@ image, and so the expression, changes on a known schedule.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -61,6 +61,7 @@ class ScheduledFace:
     end_s: float
     face: np.ndarray
     label: int
+    boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # frame -> pasted (x, y, w, h)
 
 
 def compose_clip(path: Path, faces: list[np.ndarray | None], labels: list[int], seconds_per_face: float = 2.0,
@@ -89,7 +90,7 @@ def compose_clip(path: Path, faces: list[np.ndarray | None], labels: list[int], 
             y = y0 + int(8 * np.sin(t / 2))
             frame = base.copy()
             if face is not None:
-                paste(frame, face, x, y, face_px)
+                schedule[-1].boxes[frame_index] = paste(frame, face, x, y, face_px)
             encoder.stdin.write(frame.tobytes())
             frame_index += 1
     encoder.stdin.close()
