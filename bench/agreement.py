@@ -82,6 +82,7 @@ def pasted_crops(frames: np.ndarray, schedule, fps: float) -> list[np.ndarray]:
 
 
 def low_passed(faces: np.ndarray, sigma: float) -> np.ndarray:
+    """The experiment's blur, applied alike to faces and crops (sigma 0: unchanged)."""
     return faces if sigma <= 0 else np.stack([cv2.GaussianBlur(face, (0, 0), sigma) for face in faces])
 
 
@@ -125,10 +126,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     models = [EmotionModel(m) for m in args.models]
-    shipped = default_pipeline_model().resolve()
+    shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_pipeline_model().resolve()), None)
     totals: dict[tuple[str, float, float, str], dict] = {}  # (detector, margin, low-pass, model) -> summed counts
 
-    def report(seed: int, detector: str, margin: float, crops: list) -> None:
+    def report(seed: int, schedule: list, detector: str, margin: float, crops: list) -> None:
         for path, model in zip(args.models, models):
             for sigma in args.low_pass:
                 result = score(model, crops, schedule, sigma)
@@ -146,15 +147,15 @@ def main() -> None:
         schedule = compose_clip(clip, [f for f, _, _ in scheduled], [l for _, l, _ in scheduled],
                                 seconds_per_face=2.0, fps=10.0, face_px=170)
         frames = decode(clip)
-        report(seed, "pasted", 0.0, pasted_crops(frames, schedule, fps=10.0))
+        report(seed, schedule, "pasted", 0.0, pasted_crops(frames, schedule, fps=10.0))
         for detector in args.detectors:
             segments = segment_rows(run_pipeline(clip, detector, work), schedule)
             own = DETECTOR_CROPS[detector]
             for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
                 crops = track_crops(frames, segments, CropGeometry(margin, own.shift_y))
-                if margin == own.margin and shipped in {p.resolve() for p in args.models}:
-                    check_recut(models[[p.resolve() for p in args.models].index(shipped)], crops, segments)
-                report(seed, detector, margin, crops)
+                if margin == own.margin and shipped is not None:
+                    check_recut(shipped, crops, segments)
+                report(seed, schedule, detector, margin, crops)
     for (detector, margin, sigma, path), total in totals.items():
         print(f"TOTAL {detector} margin {margin} low-pass {sigma} {path}: agree {total['agree']}/{total['found']} "
               f"({total['agree'] / max(1, total['found']):.1%}), right {total['right']} vs alone {total['right_alone']}, "
