@@ -57,11 +57,15 @@ def run_pipeline(clip: Path, detector: str, home: Path) -> pd.DataFrame:
     return pd.read_csv(out / "detections.csv")
 
 
+EDGE_S = 0.25  # left out at each end of a segment, so no frame of the previous or next face counts
+
+
 def segment_rows(detections: pd.DataFrame, schedule) -> list[pd.DataFrame | None]:
-    """The main track's rows per segment (the first and last 0.25 s left out), as the test does."""
+    """The main track's rows per segment (the first and last EDGE_S left out), as the test does."""
     picked = []
     for segment in schedule:
-        rows = detections[(detections.time_s >= segment.start_s + 0.25) & (detections.time_s < segment.end_s - 0.25)]
+        inside = (detections.time_s >= segment.start_s + EDGE_S) & (detections.time_s < segment.end_s - EDGE_S)
+        rows = detections[inside]
         picked.append(rows[rows.track_id == rows.groupby("track_id").size().idxmax()] if len(rows) else None)
     return picked
 
@@ -77,7 +81,7 @@ def track_crops(frames: np.ndarray, segments, geometry: CropGeometry) -> list[np
 def pasted_crops(frames: np.ndarray, schedule, fps: float) -> list[np.ndarray]:
     """Each segment's crops at the pasted square itself, over the frames `segment_rows` keeps."""
     return [np.stack([face_input(frames[f], box) for f, box in s.boxes.items()
-                      if s.start_s + 0.25 <= f / fps < s.end_s - 0.25])
+                      if s.start_s + EDGE_S <= f / fps < s.end_s - EDGE_S])
             for s in schedule]
 
 

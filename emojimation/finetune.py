@@ -87,15 +87,21 @@ def build_pairs(faces: np.ndarray, names: list[str], renders: int, seed: int, pr
     }
 
 
-def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: int, cache: Path,
-                  processes: int = 2) -> Path:
-    """The cached pairs file for these settings, made if missing."""
-    from training.data import load_faces
+def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: int, processes: int = 2) -> Path:
+    """The cached pairs file for these settings, made if missing.
+
+    The file's name carries every input of the crops; the data enters as a hash of the decoded
+    faces and labels, so an edited data folder gets new crops.
+    """
+    from training.data import cache_dir, load_faces
     from training.detector_crops import save_pairs
 
+    faces = load_faces(data, split, require_all=True)
+    data_key = hashlib.sha256(faces.images.tobytes() + faces.labels.tobytes()).hexdigest()[:10]
+    cache = cache_dir() / (f"detector-crops-{'-'.join(names)}-r{renders}-s{seed}-p{processes}-{split}"
+                           f"-{data_key}.npz")
     if cache.exists():
         return cache
-    faces = load_faces(data, split, require_all=True)
     pairs = build_pairs(faces.images, names, renders, seed, processes)
     for d, name in enumerate(pairs["names"]):
         hit = pairs["found"][pairs["detector"] == d]
@@ -107,15 +113,10 @@ def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: 
 
 def finetune_command(config) -> int:
     """Make (or reuse) the detector crops, then fine-tune: `emojimation finetune`."""
-    from training.data import cache_dir
     from training.finetune import run
 
     if config.pairs is None:
-        processes = max(1, min(2, os.cpu_count() or 1))
-        data_key = hashlib.sha256(str(Path(config.data).resolve()).encode()).hexdigest()[:10]
-        name = (f"detector-crops-{'-'.join(config.detectors)}-r{config.renders}-s{config.seed}-p{processes}"
-                f"-{config.split}-{data_key}.npz")
         config.pairs = prepare_pairs(Path(config.data), config.split, list(config.detectors), config.renders,
-                                     config.seed, cache_dir() / name, processes=processes)
+                                     config.seed, processes=max(1, min(2, os.cpu_count() or 1)))
     run(config)
     return 0

@@ -157,3 +157,19 @@ def test_refuses_to_overwrite_the_start_model(tmp_path, fer_cache):
     result = run_cli("finetune", "--pairs", tmp_path / "p.npz", "--out", tmp_path, "--start", tmp_path / "emojimation_cnn.keras",
                      cache_dir=fer_cache, cwd=tmp_path)
     assert result.returncode == 1 and "would overwrite the start model" in result.stderr
+
+
+def test_crops_cache_follows_the_data_content(tmp_path, monkeypatch):
+    """The cached crops are keyed by the faces themselves: editing a face in the same folder
+    makes new crops instead of reusing crops of the old face."""
+    from emojimation.finetune import prepare_pairs
+
+    monkeypatch.setenv("EMOJIMATION_CACHE", str(tmp_path / "cache"))
+    data = build_small_fer(tmp_path, {e: 1 for e in EMOTIONS})
+    first = prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1)
+    assert prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1) == first  # reused
+    happy = next((data.split_root / "train" / "happy").iterdir())
+    happy.write_bytes(next((data.split_root / "train" / "sad").iterdir()).read_bytes())
+    second = prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1)
+    assert second != first and first.exists() and second.exists()
+    assert not np.array_equal(load_pairs(first)["crops"], load_pairs(second)["crops"])

@@ -127,7 +127,7 @@ def make_pairs(faces: np.ndarray, detectors: dict[str, DetectFn], renders: int, 
                 hit = box is not None
                 if not hit:
                     box = jittered_box(pasted, rng, settings)
-                geometry = DETECTOR_CROPS.get(name, DETECTOR_CROPS["haar"])
+                geometry = DETECTOR_CROPS[name]
                 crops.append(face_input(frame, tuple(float(v) for v in box), geometry.margin, geometry.shift_y))
                 index.append(i)
                 detector.append(d)

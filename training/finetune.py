@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from emojimation.model_io import (
     quiet_tensorflow,
 )
 from training.train import (
-    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history,
+    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history, write_json_atomic,
 )
 
 
@@ -107,12 +106,6 @@ RESUME_KEYS = ("start", "pairs", "epochs", "batch_size", "learning_rate", "weigh
 def _resume_signature(config: FinetuneConfig) -> dict[str, object]:
     values = asdict(config)
     return {k: str(values[k]) for k in RESUME_KEYS}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def run(config: FinetuneConfig) -> Path:
@@ -227,7 +220,7 @@ def run(config: FinetuneConfig) -> Path:
         model.save_weights(backup_dir / f"epoch_{epoch}.weights.h5")
         np.savez(backup_dir / f"epoch_{epoch}.optimizer.npz",
                  **{f"v{k}": v.numpy() for k, v in enumerate(optimizer.variables)})
-        _write_json(state_path, {"epoch": epoch, "settings": signature})
+        write_json_atomic(state_path, {"epoch": epoch, "settings": signature})
         for old in backup_dir.glob(f"epoch_{epoch - 1}.*"):
             old.unlink()
         print(f"epoch {epoch}/{config.epochs}  label loss {row['label_loss']:.4f}  symmetric KL"
@@ -278,7 +271,3 @@ def run(config: FinetuneConfig) -> Path:
               f" {values['holdout_crop_agreement']:.4f}", flush=True)
     print(f"saved {model_path} (temperature {temperature:.3f})", flush=True)
     return model_path
-
-
-if __name__ == "__main__":  # pragma: no cover - `emojimation finetune` is the entry point
-    sys.exit(0 if run(FinetuneConfig(pairs=Path(sys.argv[1]), out=Path(sys.argv[2]))) else 1)

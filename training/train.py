@@ -217,9 +217,7 @@ def run(config: TrainConfig) -> Path:
                 epochs_dir.mkdir(parents=True, exist_ok=True)
                 self.model.save_weights(epochs_dir / f"epoch_{row['epoch']}.weights.h5")
             state["last_epoch"] = row["epoch"]
-            tmp = state_path.with_name("state.json.tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, state_path)
+            write_json_atomic(state_path, state)
             self.line = (  # printed once the epoch's backup is on disk (see the callbacks below)
                 f"epoch {row['epoch']}/{config.epochs}  train loss {row['loss']:.4f} acc {row['accuracy']:.4f}"
                 f"  hold-out loss {row['holdout_loss']:.4f} acc {row['holdout_accuracy']:.4f}"
@@ -290,6 +288,13 @@ def run(config: TrainConfig) -> Path:
     print(f"saved {model_path} ({choice['weights']}, hold-out acc {choice['holdout_accuracy']:.4f}, "
           f"temperature {temperature:.3f})", flush=True)
     return model_path
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """A run's state file: replaced whole, so a kill never leaves half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def append_history(history_csv: Path, row: dict[str, object]) -> None:
