@@ -67,7 +67,9 @@ def build_pairs(faces: np.ndarray, names: list[str], renders: int, seed: int, pr
     from tqdm import tqdm
 
     chunks = np.array_split(np.arange(len(faces)), max(1, processes))
-    context = multiprocessing.get_context("fork")
+    # Spawned, not forked: a fork of a process whose threads hold locks (TensorFlow's, or a
+    # caller's) can hang the child; it did in the test suite.
+    context = multiprocessing.get_context("spawn")
     counter = context.Value("i", 0)
     with context.Pool(len(chunks), initializer=_init_worker, initargs=(counter,)) as pool:
         pending = pool.map_async(_worker, [(faces[c], names, renders, seed + k) for k, c in enumerate(chunks)])
