@@ -13,11 +13,15 @@ first model's re-scored probabilities are checked against the pipeline's own out
 Each model is also scored on the pasted square itself (detector "pasted": a perfect box, over
 the same frames), which separates what the detector's boxes cost from what enlarging,
 encoding and shrinking the face cost. `--low-pass` re-scores with a Gaussian blur on both
-the face and its crops: an experiment (docs/preprocessing.md), not the product's preprocessing.
+the face and its crops, and `--jitter` averages the model over moved and scaled crops: both
+experiments (docs/preprocessing.md), not the product's preprocessing. `--match-iou` scores each
+segment by the track on the face rather than its longest track (a false box on the background
+can be the longest).
 
     .venv/bin/python -m bench.agreement [--seeds 7 11 13] [--faces 42] [--detectors haar blazeface]
                                         [--models models/emojimation_cnn.tflite other.tflite]
-                                        [--margins 0.05] [--low-pass 0 0.5] [--work DIR]
+                                        [--margins 0.05] [--low-pass 0 0.5] [--jitter none shift9]
+                                        [--match-iou 0.5] [--val] [--work DIR]
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from bench.synthetic import compose_clip, val_faces
+from bench.synthetic import compose_clip, require_shared_data, val_faces
+from emojimation.boxes import iou_matrix
 from emojimation.emotions import EMOTIONS
 from emojimation.model_io import EmotionModel, default_pipeline_model
 from emojimation.preprocess import DETECTOR_CROPS, CropGeometry, face_input
+from training.data import load_folder
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
@@ -60,28 +66,56 @@ def run_pipeline(clip: Path, detector: str, home: Path) -> pd.DataFrame:
 EDGE_S = 0.25  # left out at each end of a segment, so no frame of the previous or next face counts
 
 
-def segment_rows(detections: pd.DataFrame, schedule) -> list[pd.DataFrame | None]:
-    """The main track's rows per segment (the first and last EDGE_S left out), as the test does."""
+def segment_rows(detections: pd.DataFrame, schedule, match_iou: float | None = None) -> list[pd.DataFrame | None]:
+    """Each segment's rows of one track (the first and last EDGE_S left out), as the test does.
+
+    By default the track is the segment's longest one, whatever it covers. With `match_iou`,
+    it is the longest track on the face itself: median IoU with the pasted square at least
+    `match_iou` (0.5 is the usual detection criterion). A box on one eye or on the background
+    then counts as a face not found, not as the face's answer.
+    """
     picked = []
     for segment in schedule:
         inside = (detections.time_s >= segment.start_s + EDGE_S) & (detections.time_s < segment.end_s - EDGE_S)
         rows = detections[inside]
-        picked.append(rows[rows.track_id == rows.groupby("track_id").size().idxmax()] if len(rows) else None)
+        lengths = rows.groupby("track_id").size()
+        if match_iou is not None and len(rows):
+            overlap = [iou_matrix(np.asarray([segment.boxes[int(r.frame)]], float),
+                                  np.asarray([[r.x, r.y, r.w, r.h]], float))[0, 0] for r in rows.itertuples()]
+            median = rows.assign(iou=overlap).groupby("track_id").iou.median()
+            lengths = lengths[median[median >= match_iou].index]
+        picked.append(rows[rows.track_id == lengths.idxmax()] if len(lengths) else None)
     return picked
 
 
-def track_crops(frames: np.ndarray, segments, geometry: CropGeometry) -> list[np.ndarray | None]:
-    """Each segment's crops from its main track's boxes (None where no face was found)."""
+# Crop jitters (scale, dx, dy as fractions of the box) that `--jitter` averages the model over.
+JITTERS: dict[str, list[tuple[float, float, float]]] = {
+    "none": [(1.0, 0.0, 0.0)],
+    "zoom3": [(s, 0.0, 0.0) for s in (0.88, 0.94, 1.0)],  # zoom in only
+    "shift9": [(1.0, dx, dy) for dx in (-0.05, 0.0, 0.05) for dy in (-0.05, 0.0, 0.05)],
+    "scale3shift9": [(s, dx, dy) for s in (0.9, 1.0, 1.1) for dx in (-0.05, 0.0, 0.05) for dy in (-0.05, 0.0, 0.05)],
+}
+
+
+def jittered_crops(image: np.ndarray, box, geometry: CropGeometry, jitter: str) -> list[np.ndarray]:
+    """`face_input` crops of one box, moved and scaled by each of the jitter's offsets."""
+    x, y, w, h = box
+    return [face_input(image, (x + dx * w, y + dy * h, w, h), geometry.margin + (scale - 1.0) / 2.0, geometry.shift_y)
+            for scale, dx, dy in JITTERS[jitter]]
+
+
+def track_crops(frames: np.ndarray, segments, geometry: CropGeometry, jitter: str = "none") -> list[np.ndarray | None]:
+    """Each segment's crops from its track's boxes (None where no face was found)."""
     return [None if rows is None else
-            np.stack([face_input(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry.margin, geometry.shift_y)
-                      for r in rows.itertuples()])
+            np.stack([crop for r in rows.itertuples()
+                      for crop in jittered_crops(frames[int(r.frame)], (r.x, r.y, r.w, r.h), geometry, jitter)])
             for rows in segments]
 
 
-def pasted_crops(frames: np.ndarray, schedule, fps: float) -> list[np.ndarray]:
+def pasted_crops(frames: np.ndarray, schedule, fps: float, jitter: str = "none") -> list[np.ndarray]:
     """Each segment's crops at the pasted square itself, over the frames `segment_rows` keeps."""
-    return [np.stack([face_input(frames[f], box) for f, box in s.boxes.items()
-                      if s.start_s + EDGE_S <= f / fps < s.end_s - EDGE_S])
+    return [np.stack([crop for f, box in s.boxes.items() if s.start_s + EDGE_S <= f / fps < s.end_s - EDGE_S
+                      for crop in jittered_crops(frames[f], box, CropGeometry(), jitter)])
             for s in schedule]
 
 
@@ -90,10 +124,10 @@ def low_passed(faces: np.ndarray, sigma: float) -> np.ndarray:
     return faces if sigma <= 0 else np.stack([cv2.GaussianBlur(face, (0, 0), sigma) for face in faces])
 
 
-def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0) -> dict:
+def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0,
+          jitter: str = "none") -> dict:
     """Counts of segments found, agreeing with the face alone, and right (pipeline / face alone)."""
-    faces = np.stack([face_input(s.face) for s in schedule])
-    want = model.probabilities(low_passed(faces, low_pass)).argmax(axis=1)
+    want = [face_alone_probabilities(model, s.face, low_pass, jitter).argmax() for s in schedule]
     agree = found = right = right_alone = 0
     for segment_crops, w, s in zip(crops, want, schedule):
         if segment_crops is None:
@@ -104,6 +138,19 @@ def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pas
         right += int(got == s.label)
         right_alone += int(w == s.label)
     return {"segments": len(schedule), "found": found, "agree": agree, "right": right, "right_alone": right_alone}
+
+
+def face_alone_probabilities(model: EmotionModel, face: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
+    """The model's answer on a 48x48 face with the same jitter and low-pass as the crops
+    (edge pixels fill what a moved or enlarged square leaves of the face)."""
+    crops = np.stack(jittered_crops(face, (0, 0, face.shape[1], face.shape[0]), CropGeometry(), jitter))
+    return model.probabilities(low_passed(crops, low_pass)).mean(axis=0)
+
+
+def val_accuracy(model: EmotionModel, faces: np.ndarray, labels: np.ndarray, low_pass: float, jitter: str) -> float:
+    """Does a jitter or low-pass that helps agreement cost accuracy? FER2013 val with it applied."""
+    predicted = np.array([face_alone_probabilities(model, face, low_pass, jitter).argmax() for face in faces])
+    return float((predicted == labels).mean())
 
 
 def check_recut(model: EmotionModel, crops: list[np.ndarray | None], segments) -> None:
@@ -125,21 +172,28 @@ def main() -> None:
                         help="re-score with these crop margins too (default: the detector's own geometry only)")
     parser.add_argument("--low-pass", type=float, nargs="+", default=[0.0],
                         help="Gaussian sigmas (48x48 pixels) to re-score with, on face and crops alike (0: none)")
+    parser.add_argument("--jitter", nargs="+", choices=sorted(JITTERS), default=["none"],
+                        help="also average the model over moved and scaled crops, of face and boxes alike")
+    parser.add_argument("--match-iou", type=float, default=None,
+                        help="score each segment by its track on the face (median IoU with the pasted square at "
+                             "least this), not by its longest track")
+    parser.add_argument("--val", action="store_true",
+                        help="also print each model's FER2013 val accuracy with each jitter and low-pass")
     parser.add_argument("--work", type=Path, default=None, help="keep clips and pipeline outputs here (reused)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     models = [EmotionModel(m) for m in args.models]
     shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_pipeline_model().resolve()), None)
-    totals: dict[tuple[str, float, float, str], dict] = {}  # (detector, margin, low-pass, model) -> summed counts
+    totals: dict[tuple, dict] = {}  # (detector, margin, jitter, low-pass, model) -> summed counts
 
-    def report(seed: int, schedule: list, detector: str, margin: float, crops: list) -> None:
+    def report(seed: int, schedule: list, detector: str, margin: float, jitter: str, crops: list) -> None:
         for path, model in zip(args.models, models):
             for sigma in args.low_pass:
-                result = score(model, crops, schedule, sigma)
-                print(json.dumps({"seed": seed, "detector": detector, "margin": margin, "low_pass": sigma,
-                                  "model": str(path), **result}), flush=True)
-                total = totals.setdefault((detector, margin, sigma, str(path)), {})
+                result = score(model, crops, schedule, sigma, jitter)
+                print(json.dumps({"seed": seed, "detector": detector, "margin": margin, "jitter": jitter,
+                                  "low_pass": sigma, "model": str(path), **result}), flush=True)
+                total = totals.setdefault((detector, margin, jitter, sigma, str(path)), {})
                 for key, value in result.items():
                     total[key] = total.get(key, 0) + value
 
@@ -151,17 +205,29 @@ def main() -> None:
         schedule = compose_clip(clip, [f for f, _, _ in scheduled], [l for _, l, _ in scheduled],
                                 seconds_per_face=2.0, fps=10.0, face_px=170)
         frames = decode(clip)
-        report(seed, schedule, "pasted", 0.0, pasted_crops(frames, schedule, fps=10.0))
+        for jitter in args.jitter:
+            report(seed, schedule, "pasted", 0.0, jitter, pasted_crops(frames, schedule, 10.0, jitter))
         for detector in args.detectors:
-            segments = segment_rows(run_pipeline(clip, detector, work), schedule)
+            detections = run_pipeline(clip, detector, work)
+            segments = segment_rows(detections, schedule, args.match_iou)
             own = DETECTOR_CROPS[detector]
+            if shipped is not None:  # always on the longest tracks: those are the pipeline's own rows
+                longest = segment_rows(detections, schedule)
+                check_recut(shipped, track_crops(frames, longest, own), longest)
             for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
-                crops = track_crops(frames, segments, CropGeometry(margin, own.shift_y))
-                if margin == own.margin and shipped is not None:
-                    check_recut(shipped, crops, segments)
-                report(seed, schedule, detector, margin, crops)
-    for (detector, margin, sigma, path), total in totals.items():
-        print(f"TOTAL {detector} margin {margin} low-pass {sigma} {path}: agree {total['agree']}/{total['found']} "
+                for jitter in args.jitter:
+                    report(seed, schedule, detector, margin, jitter,
+                           track_crops(frames, segments, CropGeometry(margin, own.shift_y), jitter))
+    if args.val:
+        val = load_folder(require_shared_data() / "fer2013" / "val")
+        for path, model in zip(args.models, models):
+            for jitter in args.jitter:
+                for sigma in args.low_pass:
+                    accuracy = val_accuracy(model, val.images, val.labels, sigma, jitter)
+                    print(f"VAL jitter {jitter} low-pass {sigma} {path}: {accuracy:.2%} of {len(val.labels)}")
+    for (detector, margin, jitter, sigma, path), total in totals.items():
+        print(f"TOTAL {detector} margin {margin} jitter {jitter} low-pass {sigma} {path}: "
+              f"agree {total['agree']}/{total['found']} "
               f"({total['agree'] / max(1, total['found']):.1%}), right {total['right']} vs alone {total['right_alone']}, "
               f"found {total['found']}/{total['segments']}")
 

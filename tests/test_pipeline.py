@@ -150,6 +150,26 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
     assert np.median(overlaps) >= 0.7, f"boxes off the faces: median IoU {np.median(overlaps):.2f}"
 
 
+def test_segment_rows_scores_the_track_on_the_face():
+    """The agreement benchmark's two ways to pick a segment's track: a false box that lasts longer
+    than the face's own track wins by length, and loses once the track must lie on the face."""
+    from bench.synthetic import ScheduledFace
+
+    segment = ScheduledFace(0.0, 2.0, np.zeros((48, 48), np.uint8), 3,
+                            boxes={f: (100 + f, 50, 170, 170) for f in range(20)})
+    rows = [{"frame": f, "time_s": f / 10, "track_id": 1, "x": 100 + f + 4, "y": 52, "w": 165, "h": 165}
+            for f in range(5, 12)]  # on the face, 7 frames
+    rows += [{"frame": f, "time_s": f / 10, "track_id": 2, "x": 400, "y": 200, "w": 40, "h": 40}
+             for f in range(3, 17)]  # on the background, 14 frames
+    rows += [{"frame": f, "time_s": f / 10, "track_id": 3, "x": 100 + f + 60, "y": 100, "w": 30, "h": 30}
+             for f in range(3, 17)]  # on one eye, 14 frames: IoU with the face about 0.03
+    detections = pd.DataFrame(rows)
+    assert segment_rows(detections, [segment])[0].track_id.unique().tolist() in ([2], [3])
+    assert segment_rows(detections, [segment], match_iou=0.5)[0].track_id.unique().tolist() == [1]
+    only_false = detections[detections.track_id != 1]
+    assert segment_rows(only_false, [segment], match_iou=0.5) == [None]
+
+
 def _bad_inputs(folder: Path) -> dict[str, Path]:
     (folder / "empty_dir").mkdir()
     (folder / "empty_dir" / "notes.txt").write_text("no media here")
