@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from bench.agreement import segment_rows
-from bench.synthetic import SHARED_DATA, compose_clip, require_shared_data, val_faces
+from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_shared_data, val_faces
 from emojimation.boxes import iou_matrix
 from emojimation.emotions import EMOTIONS
 from emojimation.model_io import EmotionModel, default_pipeline_model
@@ -153,8 +153,6 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
 def test_segment_rows_scores_the_track_on_the_face():
     """The agreement benchmark's two ways to pick a segment's track: a false box that lasts longer
     than the face's own track wins by length, and loses once the track must lie on the face."""
-    from bench.synthetic import ScheduledFace
-
     segment = ScheduledFace(0.0, 2.0, np.zeros((48, 48), np.uint8), 3,
                             boxes={f: (100 + f, 50, 170, 170) for f in range(20)})
     rows = [{"frame": f, "time_s": f / 10, "track_id": 1, "x": 100 + f + 4, "y": 52, "w": 165, "h": 165}
