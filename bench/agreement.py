@@ -66,6 +66,12 @@ def run_pipeline(clip: Path, detector: str, home: Path) -> pd.DataFrame:
 EDGE_S = 0.25  # left out at each end of a segment, so no frame of the previous or next face counts
 
 
+def pasted_overlap(rows: pd.DataFrame, segment) -> np.ndarray:
+    """IoU of each detection row's box with the square pasted in its frame."""
+    pasted = [segment.boxes[int(frame)] for frame in rows.frame]
+    return np.diag(iou_matrix(pasted, rows[["x", "y", "w", "h"]].to_numpy()))
+
+
 def segment_rows(detections: pd.DataFrame, schedule, match_iou: float | None = None) -> list[pd.DataFrame | None]:
     """Each segment's rows of one track (the first and last EDGE_S left out), as the test does.
 
@@ -80,9 +86,7 @@ def segment_rows(detections: pd.DataFrame, schedule, match_iou: float | None = N
         rows = detections[inside]
         lengths = rows.groupby("track_id").size()
         if match_iou is not None and len(rows):
-            pasted = [segment.boxes[int(frame)] for frame in rows.frame]
-            overlap = np.diag(iou_matrix(pasted, rows[["x", "y", "w", "h"]].to_numpy()))
-            median = rows.assign(iou=overlap).groupby("track_id").iou.median()
+            median = rows.assign(iou=pasted_overlap(rows, segment)).groupby("track_id").iou.median()
             lengths = lengths[median[median >= match_iou].index]
         picked.append(rows[rows.track_id == lengths.idxmax()] if len(lengths) else None)
     return picked
@@ -140,18 +144,20 @@ def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pas
     return {"segments": len(schedule), "found": found, "agree": agree, "right": right, "right_alone": right_alone}
 
 
+def face_jitters(face: np.ndarray, jitter: str) -> list[np.ndarray]:
+    """A 48x48 face's jittered copies, cut as a detector box's are (edge pixels fill the outside)."""
+    return jittered_crops(face, (0, 0, face.shape[1], face.shape[0]), CropGeometry(), jitter)
+
+
 def face_alone_probabilities(model: EmotionModel, face: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
-    """The model's answer on a 48x48 face with the same jitter and low-pass as the crops
-    (edge pixels fill what a moved or enlarged square leaves of the face)."""
-    crops = np.stack(jittered_crops(face, (0, 0, face.shape[1], face.shape[0]), CropGeometry(), jitter))
-    return model.probabilities(low_passed(crops, low_pass)).mean(axis=0)
+    """The model's answer on a 48x48 face with the same jitter and low-pass as the crops."""
+    return model.probabilities(low_passed(np.stack(face_jitters(face, jitter)), low_pass)).mean(axis=0)
 
 
 def val_accuracy(model: EmotionModel, faces: np.ndarray, labels: np.ndarray, low_pass: float, jitter: str) -> float:
     """Does a jitter or low-pass that helps agreement cost accuracy? FER2013 val with it applied
     (as `face_alone_probabilities`, batched over all faces)."""
-    crops = np.stack([crop for face in faces for crop in jittered_crops(face, (0, 0, face.shape[1], face.shape[0]),
-                                                                         CropGeometry(), jitter)])
+    crops = np.stack([crop for face in faces for crop in face_jitters(face, jitter)])
     probabilities = model.probabilities(low_passed(crops, low_pass)).reshape(len(faces), -1, len(EMOTIONS))
     return float((probabilities.mean(axis=1).argmax(axis=1) == labels).mean())
 

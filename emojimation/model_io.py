@@ -66,9 +66,14 @@ class ModelInfo:
     def save(self, path: Path) -> None:
         data = {"labels": self.labels, "temperature": self.temperature, "flip_tta": self.flip_tta,
                 "input_size": self.input_size, **self.extra}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, data)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Model metadata and training state files: replaced whole, so a kill never leaves half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def metadata_path(model_path: Path) -> Path:

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.agreement import segment_rows
+from bench.agreement import pasted_overlap, segment_rows
 from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_shared_data, val_faces
-from emojimation.boxes import iou_matrix
 from emojimation.emotions import EMOTIONS
 from emojimation.model_io import EmotionModel, default_pipeline_model
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
@@ -141,9 +140,7 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
         if main_track is not None:
             found += 1
             agree += int(main_track[list(EMOTIONS)].mean().to_numpy().argmax() == want)
-            for row in main_track.itertuples():
-                overlaps.append(iou_matrix(np.array([[row.x, row.y, row.w, row.h]]),
-                                           np.array([segment.boxes[int(row.frame)]]))[0, 0])
+            overlaps.extend(pasted_overlap(main_track, segment))
     assert found >= 0.9 * len(schedule), f"faces found in only {found}/{len(schedule)} segments"
     assert agree >= 0.8 * found, f"{agree}/{found} segments agree"
     # Haar's main-track boxes overlap the pasted square by 0.84 IoU (median) on the benchmark's six clips.

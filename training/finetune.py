@@ -26,10 +26,10 @@ from emojimation.emotions import NUM_EMOTIONS
 from emojimation.errors import DataError
 from emojimation.model_io import (
     DEFAULT_MODEL_PATH, PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path,
-    quiet_tensorflow,
+    quiet_tensorflow, write_json_atomic,
 )
 from training.train import (
-    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history, write_json_atomic,
+    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history,
 )
 
 

@@ -25,6 +25,7 @@ from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
 from emojimation.errors import DataError
 from emojimation.model_io import (
     PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
+    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -288,13 +289,6 @@ def run(config: TrainConfig) -> Path:
     print(f"saved {model_path} ({choice['weights']}, hold-out acc {choice['holdout_accuracy']:.4f}, "
           f"temperature {temperature:.3f})", flush=True)
     return model_path
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """A run's state file: replaced whole, so a kill never leaves half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def append_history(history_csv: Path, row: dict[str, object]) -> None:
