@@ -131,7 +131,7 @@ def low_passed(faces: np.ndarray, sigma: float) -> np.ndarray:
 def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0,
           jitter: str = "none") -> dict:
     """Counts of segments found, agreeing with the face alone, and right (pipeline / face alone)."""
-    want = [face_alone_probabilities(model, s.face, low_pass, jitter).argmax() for s in schedule]
+    want = faces_alone_probabilities(model, np.stack([s.face for s in schedule]), low_pass, jitter).argmax(axis=1)
     agree = found = right = right_alone = 0
     for segment_crops, w, s in zip(crops, want, schedule):
         if segment_crops is None:
@@ -149,17 +149,16 @@ def face_jitters(face: np.ndarray, jitter: str) -> list[np.ndarray]:
     return jittered_crops(face, (0, 0, face.shape[1], face.shape[0]), CropGeometry(), jitter)
 
 
-def face_alone_probabilities(model: EmotionModel, face: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
-    """The model's answer on a 48x48 face with the same jitter and low-pass as the crops."""
-    return model.probabilities(low_passed(np.stack(face_jitters(face, jitter)), low_pass)).mean(axis=0)
+def faces_alone_probabilities(model: EmotionModel, faces: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
+    """The model's answer (N, 7) on 48x48 faces, with the same jitter and low-pass as the crops, in one batch."""
+    crops = np.stack([crop for face in faces for crop in face_jitters(face, jitter)])
+    probabilities = model.probabilities(low_passed(crops, low_pass))
+    return probabilities.reshape(len(faces), -1, len(EMOTIONS)).mean(axis=1)
 
 
 def val_accuracy(model: EmotionModel, faces: np.ndarray, labels: np.ndarray, low_pass: float, jitter: str) -> float:
-    """Does a jitter or low-pass that helps agreement cost accuracy? FER2013 val with it applied
-    (as `face_alone_probabilities`, batched over all faces)."""
-    crops = np.stack([crop for face in faces for crop in face_jitters(face, jitter)])
-    probabilities = model.probabilities(low_passed(crops, low_pass)).reshape(len(faces), -1, len(EMOTIONS))
-    return float((probabilities.mean(axis=1).argmax(axis=1) == labels).mean())
+    """Does a jitter or low-pass that helps agreement cost accuracy? FER2013 val with it applied."""
+    return float((faces_alone_probabilities(model, faces, low_pass, jitter).argmax(axis=1) == labels).mean())
 
 
 def check_recut(model: EmotionModel, crops: list[np.ndarray | None], segments) -> None:
@@ -221,7 +220,7 @@ def main() -> None:
             segments = segment_rows(detections, schedule, args.match_iou)
             own = DETECTOR_CROPS[detector]
             if shipped is not None:  # always on the longest tracks: those are the pipeline's own rows
-                longest = segment_rows(detections, schedule)
+                longest = segments if args.match_iou is None else segment_rows(detections, schedule)
                 check_recut(shipped, track_crops(frames, longest, own), longest)
             for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
                 for jitter in args.jitter:
