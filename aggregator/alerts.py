@@ -18,9 +18,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from emojimation.emotions import EMOTIONS
-from emojimation.errors import ConfigError
-from emojimation.runtime import redact
+from core.emotions import EMOTIONS
+from core.errors import ConfigError
+from core.runtime import redact
 
 logger = logging.getLogger(__name__)
 

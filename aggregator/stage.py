@@ -26,10 +26,10 @@ import zmq
 from aggregator.alerts import AlertEvaluator, WebhookSender, rules_from_json
 from aggregator.timeline import TrackTimeline
 from aggregator.tracker import FaceTracker
-from emojimation.config import AggregatorConfig, default_store_url
-from emojimation.messages import Classified, End, Message, Start, Status, Tracked, encode
-from emojimation.runtime import StageIO
-from emojimation.store import FaceRow, Store, TrackRow
+from core.config import AggregatorConfig, default_store_url
+from core.messages import Classified, End, Message, Start, Status, StatusEvent, Tracked, encode
+from core.runtime import StageIO
+from core.store import FaceRow, Store, TrackRow
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Aggregator:
             )
             state = StreamState(start, source_id, tracker)
         self.streams[start.stream] = state
-        self._report("source-opened", start.stream, source_id=source_id)
+        self._report(StatusEvent.SOURCE_OPENED, start.stream, source_id=source_id)
         for status in self.early_status.pop(start.stream, []):
             self._camera_status(status)
 
@@ -282,7 +282,7 @@ class Aggregator:
             state.latencies.extend(stored - row.captured_at for row in state.rows)
         state.rows = []
         state.flushed_frames = state.frames_analysed
-        self._report("progress", state.start.stream, source_id=state.source_id,
+        self._report(StatusEvent.PROGRESS, state.start.stream, source_id=state.source_id,
                      frames_analysed=state.frames_analysed)
 
     def track_rows(self, state: StreamState) -> list[TrackRow]:
@@ -308,20 +308,20 @@ class Aggregator:
         if state.live:  # a camera's End: the monitor stopped it; its status event came before
             self._flush(state)
             self.store.write_tracks(state.source_id, self.track_rows(state))
-            self._report("camera-stopped", stream, source_id=state.source_id, camera=state.name,
+            self._report(StatusEvent.CAMERA_STOPPED, stream, source_id=state.source_id, camera=state.name,
                          frames_analysed=state.frames_analysed, frames_dropped=state.frames_dropped,
                          **self.latency_stats(state))
             return
         if end.error:
             self.store.fail_source(state.source_id, end.error)
-            self._report("failed", stream, source_id=state.source_id, error=end.error)
+            self._report(StatusEvent.FAILED, stream, source_id=state.source_id, error=end.error)
             return
         self._flush(state)
         self.store.write_tracks(state.source_id, self.track_rows(state))
         self.store.finish_source(state.source_id, **self._progress(state))
         logger.info("%s done: %d frames, %d with faces, %d tracks", state.start.uri, state.frames_analysed,
                     state.frames_with_faces, len(state.timelines))
-        self._report("done", stream, source_id=state.source_id, frames_analysed=state.frames_analysed)
+        self._report(StatusEvent.DONE, stream, source_id=state.source_id, frames_analysed=state.frames_analysed)
 
     def tick(self) -> None:
         """Periodic work: flush new rows so readers see progress; refresh track summaries less often."""
@@ -354,7 +354,7 @@ class Aggregator:
                 self.store.write_tracks(state.source_id, self.track_rows(state))
                 if self.store.source(state.source_id).get("status") != "disconnected":
                     self.store.set_camera_status(state.source_id, "disconnected", "monitor stopped")
-                self._report("camera-stopped", stream, source_id=state.source_id, camera=state.name,
+                self._report(StatusEvent.CAMERA_STOPPED, stream, source_id=state.source_id, camera=state.name,
                              frames_analysed=state.frames_analysed, frames_dropped=state.frames_dropped,
                              **self.latency_stats(state))
             else:
@@ -376,7 +376,7 @@ def run(config: AggregatorConfig, stop: threading.Event | None = None) -> int:
     io = StageIO.from_config("aggregator", config, outputs=False)
     aggregator = Aggregator(config, store, io)
     try:
-        io.report("ready", store=store.url)
+        io.report(StatusEvent.READY, store=store.url)
         while not stop.is_set():
             message = io.receive(100)
             if message is not None:
@@ -391,6 +391,6 @@ def run(config: AggregatorConfig, stop: threading.Event | None = None) -> int:
         return 0
     finally:
         aggregator.stop()
-        io.report("stopped", **io.counters.as_dict())
+        io.report(StatusEvent.STOPPED, **io.counters.as_dict())
         io.close()
         store.close()

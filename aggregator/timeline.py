@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
+from core.emotions import EMOTIONS, NUM_EMOTIONS
 
 
 @dataclass

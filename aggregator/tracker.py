@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from emojimation.boxes import iou_matrix
+from core.boxes import iou_matrix
 
 
 @dataclass

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 
 from bench.synthetic import compose_clip, require_shared_data, val_faces
-from emojimation.boxes import iou_matrix
-from emojimation.emotions import EMOTIONS
-from emojimation.model_io import EmotionModel, default_pipeline_model
-from emojimation.preprocess import DETECTOR_CROPS, CropGeometry, face_input
+from core.boxes import iou_matrix
+from core.emotions import EMOTIONS
+from core.model_io import EmotionModel, default_pipeline_model
+from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
 from training.data import load_folder
 
 

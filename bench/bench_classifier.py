@@ -54,7 +54,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from emojimation.model_io import DEFAULT_MODEL_PATH, cpu_has_bf16, with_compute_dtype
+    from core.model_io import DEFAULT_MODEL_PATH, cpu_has_bf16, with_compute_dtype
 
     threads = args.threads
     results: dict[str, list[float]] = {}

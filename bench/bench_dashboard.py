@@ -31,8 +31,8 @@ from dashboard.data import DashboardData
 from dashboard.demo import write_synthetic_source
 from dashboard.downsample import MAX_POINTS_PER_TRACE
 from dashboard.pages.common import view_state
-from emojimation.emotions import EMOTIONS
-from emojimation.store import Store
+from core.emotions import EMOTIONS
+from core.store import Store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DURATION_S, FPS, TRACKS = 3600.0, 10.0, 5

@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.synthetic import SHARED_DATA, background, paste, val_faces
 from detector.backends import make_detector
-from emojimation.config import DETECTORS
+from core.config import DETECTORS
 
 
 def megamind_frames() -> list[np.ndarray]:

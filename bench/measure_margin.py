@@ -15,8 +15,8 @@ import numpy as np
 
 from bench.synthetic import background, paste, val_faces
 from detector.backends import make_detector
-from emojimation.model_io import EmotionModel
-from emojimation.preprocess import DETECTOR_CROPS, face_input
+from core.model_io import EmotionModel
+from core.preprocess import DETECTOR_CROPS, face_input
 
 MARGINS = [-0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
 

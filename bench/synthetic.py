@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emojimation.emotions import EMOTIONS
+from core.emotions import EMOTIONS
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FER_VAL = SHARED_DATA / "fer2013" / "val"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emojimation.config import ClassifierConfig
-from emojimation.messages import Classified, Faces, Message
-from emojimation.model_io import EmotionModel, configure_tensorflow_threads, default_pipeline_model
-from emojimation.runtime import StageIO
+from core.config import ClassifierConfig
+from core.messages import Classified, Faces, Message, StatusEvent
+from core.model_io import EmotionModel, configure_tensorflow_threads, default_pipeline_model
+from core.runtime import StageIO
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
     waiting_since = 0.0
     batches = faces_classified = 0
     try:
-        io.report("ready", model=str(model.path))
+        io.report(StatusEvent.READY, model=str(model.path))
         while not stop.is_set():
             timeout = 200 if not pending else max(0, int(config.max_wait_ms - (time.monotonic() - waiting_since) * 1000))
             message: Message | None = io.receive(timeout)
@@ -80,5 +80,5 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
                 io.metrics.queue_depth.set(0)
         return 0
     finally:
-        io.report("stopped", batches=batches, faces=faces_classified, **io.counters.as_dict())
+        io.report(StatusEvent.STOPPED, batches=batches, faces=faces_classified, **io.counters.as_dict())
         io.close()

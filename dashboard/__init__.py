@@ -4,7 +4,7 @@ Layout of the package (read top to bottom):
 - `app.py`: the factory `create_app(store_url)`; the only place an app is built.
 - `pages/`: one module per page (sources, timeline, track, events, upload), each with `register(app)`.
 - `ids.py`: every component id.
-- `data.py`: the only data access; reads and writes through `emojimation.store.Store`.
+- `data.py`: the only data access; reads and writes through `core.store.Store`.
 - `downsample.py`, `figures.py`, `components.py`, `theme.py`: values -> points -> figures -> HTML.
 - `jobs.py`: uploads analysed by `emojimation analyse` in a subprocess (the stages are never imported).
 - `auth.py`: HTTP basic auth; `cli.py`: the `emojimation dashboard` command.

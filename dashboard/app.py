@@ -19,7 +19,7 @@ from dashboard import ids
 from dashboard import jobs as jobs_module
 from dashboard.auth import install_basic_auth
 from dashboard.pages import PAGES
-from emojimation.config import default_store_url
+from core.config import default_store_url
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 NAVIGATION = (("Sources", "/"), ("Events", "/events"), ("Analyse a file", "/upload"))
@@ -31,7 +31,7 @@ def create_app(store_url: str | None = None, *, auth: tuple[str, str] | None = N
 
     `auth` = (user, password) turns on HTTP basic auth for every request. `upload_dir` is where
     uploads are saved (default: a temporary folder removed at exit). Raises
-    `emojimation.errors.ConfigError` for a store URL it cannot open.
+    `core.errors.ConfigError` for a store URL it cannot open.
     """
     url = store_url or default_store_url()
     data = data_module.DashboardData(url)

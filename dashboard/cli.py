@@ -82,8 +82,8 @@ def run_command(args: argparse.Namespace) -> int:
         error(f"--port {args.port}: not a port number")
         return EXIT_USAGE
 
-    from emojimation.config import default_store_url
-    from emojimation.errors import EmojimationError, redact_url
+    from core.config import default_store_url
+    from core.errors import EmojimationError, redact_url
 
     store_url = args.store or os.environ.get(STORE_ENV) or default_store_url()
     try:

@@ -15,7 +15,7 @@ from dash import dcc, html
 from dashboard import ids
 from dashboard.data import TrackSummary
 from dashboard.theme import EMOTION_COLOURS, STATUS_COLOURS
-from emojimation.emotions import EMOTIONS
+from core.emotions import EMOTIONS
 
 MAX_SEGMENT_CHIPS = 8
 

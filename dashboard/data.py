@@ -1,4 +1,4 @@
-"""The dashboard's only door to the results: every read and write goes through `emojimation.store.Store`.
+"""The dashboard's only door to the results: every read and write goes through `core.store.Store`.
 
 Pages never open the database. They call `current()` for the `DashboardData` of the running app
 and ask it for ready-to-draw values (summaries, downsampled series, CSV text). Keeping the
@@ -30,8 +30,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from emojimation.emotions import EMOTIONS
-from emojimation.store import Store
+from core.emotions import EMOTIONS
+from core.store import Store
 from dashboard.downsample import DEFAULT_GAP_S, MAX_POINTS_PER_TRACE, Series, downsample
 
 EXTENSION_KEY = "emojimation_dashboard_data"

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import lfilter
 
-from emojimation.emotions import EMOTIONS
-from emojimation.store import FaceRow, Store, TrackRow
+from core.emotions import EMOTIONS
+from core.store import FaceRow, Store, TrackRow
 
 BATCH_ROWS = 20_000
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 import plotly.graph_objects as go
 
-from emojimation.emotions import EMOTIONS
+from core.emotions import EMOTIONS
 from dashboard.data import Timeline, TrackSeries
 from dashboard.theme import EMOTION_COLOURS
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emojimation.config import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from core.config import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dashboard.demo import emotion_walk, write_demo_events, write_synthetic_source
-from emojimation.store import FaceRow, Store
+from core.store import FaceRow, Store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "videos" / "megamind.avi"

@@ -9,7 +9,7 @@ emotions share a hue family, so neighbouring lines stay distinguishable.
 
 from __future__ import annotations
 
-from emojimation.emotions import EMOTIONS
+from core.emotions import EMOTIONS
 
 EMOTION_COLOURS: dict[str, str] = {
     "angry": "#D55E00",

@@ -9,8 +9,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from emojimation.boxes import intersection_matrix
-from emojimation.errors import ConfigError
+from core.boxes import intersection_matrix
+from core.errors import ConfigError
 
 
 class FaceDetector(Protocol):

@@ -9,10 +9,10 @@ import time
 import cv2
 import numpy as np
 
-from emojimation.config import DetectorConfig
-from emojimation.messages import Faces, Frame, Message
-from emojimation.preprocess import DETECTOR_CROPS, CropGeometry, face_input
-from emojimation.runtime import StageIO
+from core.config import DetectorConfig
+from core.messages import Faces, Frame, Message, StatusEvent
+from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
+from core.runtime import StageIO
 from detector.backends import FaceDetector, make_detector
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
         geometry = CropGeometry(config.margin, geometry.shift_y)
     io = StageIO.from_config("detector", config)
     try:
-        io.report("ready", detector=config.detector)
+        io.report(StatusEvent.READY, detector=config.detector)
         while not stop.is_set():
             message = io.receive()
             if message is None:
@@ -61,5 +61,5 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
                 break
         return 0
     finally:
-        io.report("stopped", **io.counters.as_dict())
+        io.report(StatusEvent.STOPPED, **io.counters.as_dict())
         io.close()

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emojimation.config import AnalyseConfig, default_store_url
-from emojimation.errors import DataError, EmojimationError
-from emojimation.model_io import ModelInfo, default_pipeline_model, metadata_path
+from core.config import AnalyseConfig, default_store_url
+from core.errors import DataError, EmojimationError
+from core.model_io import ModelInfo, default_pipeline_model, metadata_path
 from emojimation.results import Results, collect, write
-from emojimation.store import Store
+from core.store import Store
 from emojimation.supervisor import FileRun, PipelineError, Supervisor
 from ingest.media import MediaInfo, expected_frames, probe, sampling_ratio
 

@@ -13,8 +13,8 @@ import ffmpeg
 import numpy as np
 import pandas as pd
 
-from emojimation.emotions import EMOTIONS
-from emojimation.errors import DataError
+from core.emotions import EMOTIONS
+from core.errors import DataError
 from emojimation.results import Results
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The `emojimation` command: thin argument parsing on top of the stages' `run(config)` entries.
 
-Every stage command's flags are generated from its config dataclass (emojimation.config),
+Every stage command's flags are generated from its config dataclass (core.config),
 so a setting has one name everywhere: `--max-batch` on the CLI, `max_batch` in the TOML
 file, `EMOJIMATION_MAX_BATCH` in the environment.
 """
@@ -21,8 +21,8 @@ from typing import Any, Callable
 import zmq
 
 from emojimation import __version__
-from emojimation import config as cfg
-from emojimation.errors import EmojimationError, database_errors, redact_url
+from core import config as cfg
+from core.errors import EmojimationError, database_errors, redact_url
 
 logger = logging.getLogger("emojimation")
 
@@ -77,7 +77,7 @@ def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def _stage_command(section: str, cls: type, runner: Callable[[Any, Any], int]) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from emojimation.runtime import setup_logging, stop_event_on_signals
+        from core.runtime import setup_logging, stop_event_on_signals
 
         config = cfg.load(cls, section, args.config, _overrides(args, cls))
         setup_logging(args.log_level, f"emojimation.{section}", getattr(config, "log_format", "text"))
@@ -117,13 +117,13 @@ def _run_aggregator(config, stop) -> int:
 
 
 def _run_relay(config, stop) -> int:
-    from emojimation.relay import run
+    from core.relay import run
 
     return run(config, stop)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from emojimation.security import generate_keys
+    from core.security import generate_keys
 
     for pair in generate_keys(args.dir, args.name):
         state = "created" if pair.created else "kept existing"
@@ -147,7 +147,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from emojimation.monitor import check_config_command, monitor_command, plan
-    from emojimation.runtime import setup_logging
+    from core.runtime import setup_logging
 
     if args.check_config:
         return check_config_command(args.check_config)

@@ -29,11 +29,11 @@ from typing import Any
 
 import zmq
 
-from emojimation import config as cfg
-from emojimation.config import MonitorConfig, default_store_url
-from emojimation.errors import ConfigError
-from emojimation.messages import Frame, MessageError, Status, Tracked, decode
-from emojimation.runtime import redact
+from core import config as cfg
+from core.config import MonitorConfig, default_store_url
+from core.errors import ConfigError
+from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
+from core.runtime import redact
 from emojimation.supervisor import Child, Supervisor, describe_death, stage_args
 
 logger = logging.getLogger("emojimation.monitor")
@@ -320,7 +320,7 @@ class Monitor:
                                 stats.frames_analysed, stats.frames_dropped)
 
     def _apply(self, report: Status) -> None:
-        if report.event == "ready":
+        if report.event == StatusEvent.READY:
             child = next((c for c in self.supervisor.children
                           if c.process and c.process.pid == report.detail.get("pid")), None)
             if child is not None:
@@ -328,11 +328,11 @@ class Monitor:
         stats = self.cameras.get(report.stream.split("#")[0])  # the stream id without its run token
         if stats is None:
             return
-        if report.event == "camera-status":
+        if report.event == StatusEvent.CAMERA_STATUS:
             stats.status = str(report.detail.get("status", stats.status))
-        elif report.event == "progress":
+        elif report.event == StatusEvent.PROGRESS:
             stats.frames_analysed = int(report.detail.get("frames_analysed", stats.frames_analysed))
-        elif report.event == "camera-stopped":
+        elif report.event == StatusEvent.CAMERA_STOPPED:
             for key in ("frames_analysed", "frames_dropped", "latency_p50_ms", "latency_p95_ms"):
                 if key in report.detail:
                     setattr(stats, key, report.detail[key])
@@ -405,7 +405,7 @@ class Preview:
         import pandas as pd
 
         from emojimation.annotate import draw_faces
-        from emojimation.emotions import EMOTIONS
+        from core.emotions import EMOTIONS
 
         for message in self._messages(self.frames_socket):
             if isinstance(message, Frame):

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from emojimation.emotions import EMOTIONS
-from emojimation.store import MEAN_COLUMNS, PROB_COLUMNS, Store
+from core.emotions import EMOTIONS
+from core.store import MEAN_COLUMNS, PROB_COLUMNS, Store
 
 DETECTION_COLUMNS = ["input", "frame", "time_s", "track_id", "x", "y", "w", "h", *EMOTIONS, "emotion"]
 TRACK_COLUMNS = ["input", "track_id", "start_s", "end_s", "frames", "dominant_emotion", *MEAN_COLUMNS, "segments"]

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import zmq
 
-from emojimation.errors import EmojimationError, redact_url
-from emojimation.messages import MessageError, Status, decode
+from core.errors import EmojimationError, redact_url
+from core.messages import MessageError, Status, StatusEvent, decode
 
 logger = logging.getLogger(__name__)
 
@@ -279,27 +279,27 @@ class FileRun:
         """Fold one status report into the run's state."""
         if report.event != "progress":
             self.last_progress = time.monotonic()
-        if report.event == "finished" and report.stage == "ingest":
+        if report.event == StatusEvent.FINISHED and report.stage == "ingest":
             self.ingest_done = True
         result = self.by_stream.get(report.stream)
         if result is None:
             return
-        if report.event == "input-started":
+        if report.event == StatusEvent.INPUT_STARTED:
             result.expected_frames = int(report.detail.get("expected_frames", 0))
             if result.status == "pending":  # the aggregator's "done" may arrive first
                 result.status = "started"
-        elif report.event == "input-failed":
+        elif report.event == StatusEvent.INPUT_FAILED:
             result.status, result.error = "failed", report.detail.get("error", "failed")
-        elif report.event in ("progress", "done"):
+        elif report.event in (StatusEvent.PROGRESS, StatusEvent.DONE):
             advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
             result.frames_analysed += advanced
             result.source_id = report.detail.get("source_id", result.source_id)
             if advanced:
                 self.last_progress = time.monotonic()
                 self.on_progress(advanced)
-            if report.event == "done":
+            if report.event == StatusEvent.DONE:
                 result.status = "done"
-        elif report.event == "failed":
+        elif report.event == StatusEvent.FAILED:
             result.status, result.error = "failed", report.detail.get("error", "failed")
             result.source_id = report.detail.get("source_id", result.source_id)
 

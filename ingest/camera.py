@@ -30,10 +30,10 @@ import ffmpeg
 import numpy as np
 import zmq
 
-from emojimation.config import IngestConfig
-from emojimation.errors import DataError
-from emojimation.messages import End, Frame, Start, Status, encode
-from emojimation.runtime import StageIO, redact
+from core.config import IngestConfig
+from core.errors import DataError
+from core.messages import End, Frame, Start, Status, StatusEvent, encode
+from core.runtime import StageIO, redact
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class CameraIngest:
                       options={"fps": self.config.fps, "live": True, "url": camera_uri(self.config.camera)})
         if not self.io.send(start, self.stop):
             return 0
-        self.io.report("ready", self.stream, camera=self.name)
+        self.io.report(StatusEvent.READY, self.stream, camera=self.name)
         failures = 0
         while not self.stop.is_set():
             reason, frames = self._session(args)
@@ -239,7 +239,7 @@ class CameraIngest:
             self.stop.wait(delay)
         self._set_status("disconnected", "monitor stopped")
         self.io.send(End(stream=self.stream, seq=self.seq.value + 1, frames_sent=self.frames_sent), self.stop)
-        self.io.report("stopped", self.stream, frames_sent=self.frames_sent, frames_dropped=self.dropped,
+        self.io.report(StatusEvent.STOPPED, self.stream, frames_sent=self.frames_sent, frames_dropped=self.dropped,
                        **self.io.counters.as_dict())
         return 0
 
@@ -311,10 +311,10 @@ class CameraIngest:
         if status == self.status:
             return
         self.status = status
-        report = Status(stream=self.stream, seq=0, capture_time=time.time(), stage="ingest", event="camera-status",
+        report = Status(stream=self.stream, seq=0, capture_time=time.time(), stage="ingest", event=StatusEvent.CAMERA_STATUS,
                         detail={"status": status, "message": message, "camera": self.name, **detail})
         self.io.send(report, self.stop)
-        self.io.report("camera-status", self.stream, status=status, message=message, camera=self.name)
+        self.io.report(StatusEvent.CAMERA_STATUS, self.stream, status=status, message=message, camera=self.name)
         (logger.warning if status == "disconnected" else logger.info)("camera %s: %s (%s)", self.name, status, message)
 
 
@@ -324,5 +324,5 @@ def run_camera(config: IngestConfig, io: StageIO, stop: threading.Event) -> int:
         return CameraIngest(config, io, stop).run()
     except DataError as error:
         logger.error("%s", error)
-        io.report("input-failed", error=str(error))
+        io.report(StatusEvent.INPUT_FAILED, error=str(error))
         return 1

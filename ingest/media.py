@@ -11,8 +11,8 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from emojimation.config import IMAGE_SUFFIXES
-from emojimation.errors import DataError
+from core.config import IMAGE_SUFFIXES
+from core.errors import DataError
 
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emojimation.config import IngestConfig
-from emojimation.errors import DataError
-from emojimation.messages import End, Frame, Start
-from emojimation.runtime import StageIO, redact
+from core.config import IngestConfig
+from core.errors import DataError
+from core.messages import End, Frame, Start, StatusEvent
+from core.runtime import StageIO, redact
 from ingest.media import (
     MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
 )
@@ -116,7 +116,7 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
         info = probe(path)
     except DataError as error:
         logger.error("%s", error)
-        io.report("input-failed", stream, input=path, error=str(error))
+        io.report(StatusEvent.INPUT_FAILED, stream, input=path, error=str(error))
         return False
     ratio = None if (config.every_frame or info.kind == "image") else sampling_ratio(info.fps, config.fps)
     # The URI identifies the file across runs (re-analysis replaces by URI): the absolute path.
@@ -125,7 +125,7 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
                   source_fps=info.fps, width=info.width, height=info.height,
                   expected_frames=expected_frames(info.frames, ratio) if info.kind == "video" else info.frames,
                   options={"fps": None if config.every_frame else config.fps})
-    io.report("input-started", stream, input=path, expected_frames=start.expected_frames, kind=info.kind)
+    io.report(StatusEvent.INPUT_STARTED, stream, input=path, expected_frames=start.expected_frames, kind=info.kind)
     if not io.send(start, stop):
         return False
     logger.info("streaming %s as %s (%s, %d frames to analyse)", redact(path), stream, info.kind,
@@ -153,10 +153,10 @@ def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
         finally:
             io.close()
     try:
-        io.report("ready")
+        io.report(StatusEvent.READY)
         results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop)
                    for i, path in enumerate(config.inputs)]
-        io.report("finished", inputs=len(results), failed=results.count(False))
+        io.report(StatusEvent.FINISHED, inputs=len(results), failed=results.count(False))
         return 0 if all(results) else 1
     finally:
         io.close(deliver=not stop.is_set())

@@ -22,8 +22,8 @@ from dash.testing.wait import until
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.demo import write_synthetic_source
-from emojimation.emotions import EMOTIONS
-from emojimation.store import FaceRow, Store
+from core.emotions import EMOTIONS
+from core.store import FaceRow, Store
 
 pytestmark = [
     pytest.mark.slow,

@@ -23,8 +23,8 @@ from dashboard.downsample import MAX_POINTS_PER_TRACE, downsample
 from dashboard.figures import timeline_figure, uirevision_for
 from dashboard.jobs import AnalysisJobs, UploadError, analyse_command, safe_filename
 from dashboard.theme import EMOTION_COLOURS
-from emojimation.emotions import EMOTIONS
-from emojimation.store import FaceRow, Store
+from core.emotions import EMOTIONS
+from core.store import FaceRow, Store
 
 HOUR_ROWS = 3600 * 10 * 5
 

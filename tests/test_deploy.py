@@ -484,7 +484,7 @@ def test_the_store_settings_of_compose_open_a_real_postgres_store(postgres_serve
     pgpass = tmp_path / "pgpass"
     pgpass.write_text(f"*:*:*:{USER}:{PASSWORD.replace(chr(92), chr(92) * 2).replace(':', chr(92) + ':')}\n")
     pgpass.chmod(0o600)
-    code = "import sys; from emojimation.store import Store; Store(sys.argv[1]); print('ok')"
+    code = "import sys; from core.store import Store; Store(sys.argv[1]); print('ok')"
     env = {**os.environ, "PGPASSFILE": str(pgpass)}
     env.pop("PGPASSWORD", None)
     result = subprocess.run([sys.executable, "-c", code, local], cwd=ROOT, env=env, capture_output=True,

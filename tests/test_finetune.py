@@ -16,9 +16,9 @@ import threading
 import numpy as np
 import pytest
 
-from emojimation.emotions import EMOTIONS
-from emojimation.errors import DataError
-from emojimation.model_io import DEFAULT_MODEL_PATH, EmotionModel, softmax
+from core.emotions import EMOTIONS
+from core.errors import DataError
+from core.model_io import DEFAULT_MODEL_PATH, EmotionModel, softmax
 from helpers_fer import build_small_fer, cli_command, cli_env, run_cli
 from training.data import load_faces, stratified_holdout
 from training.detector_crops import load_pairs

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from emojimation.messages import (
+from core.messages import (
     PROTOCOL_VERSION, Classified, End, Faces, Frame, MessageError, Start, Status, decode, encode,
 )
 

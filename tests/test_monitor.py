@@ -25,10 +25,10 @@ import pytest
 from bench.synthetic import background, compose_clip, paste, require_shared_data, val_faces
 from detector.backends import make_detector
 from emojimation.annotate import EMOTION_COLOURS_BGR
-from emojimation.config import DEFAULT_DETECTOR
-from emojimation.emotions import EMOTIONS
-from emojimation.model_io import EmotionModel, default_pipeline_model
-from emojimation.store import Store
+from core.config import DEFAULT_DETECTOR
+from core.emotions import EMOTIONS
+from core.model_io import EmotionModel, default_pipeline_model
+from core.store import Store
 from test_pipeline import emojimation_processes
 
 SERVERS = Path(__file__).parent / "servers"
@@ -383,8 +383,8 @@ def test_retention_deletes_camera_rows_older_than_the_limit(tmp_path):
     """Rows written with old capture times are deleted by the aggregator's retention pass;
     recent rows, and the results of analysed files, stay."""
     from aggregator.stage import Aggregator
-    from emojimation.config import AggregatorConfig
-    from emojimation.store import FaceRow, TrackRow
+    from core.config import AggregatorConfig
+    from core.store import FaceRow, TrackRow
 
     url = f"sqlite:///{tmp_path / 'retention.db'}"
     now = time.time()

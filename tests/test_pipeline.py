@@ -16,8 +16,8 @@ import pytest
 
 from bench.agreement import pasted_overlap, segment_rows
 from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_shared_data, val_faces
-from emojimation.emotions import EMOTIONS
-from emojimation.model_io import EmotionModel, default_pipeline_model
+from core.emotions import EMOTIONS
+from core.model_io import EmotionModel, default_pipeline_model
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
 from ingest.media import expected_frames, sampling_ratio
 
@@ -87,7 +87,7 @@ def test_megamind_end_to_end_outputs_and_json(tmp_path):
     longest = tracks.sort_values("frames").iloc[-1]
     assert longest["frames"] >= 0.3 * entry["frames_with_faces"]  # the talking face is followed, not fragmented
     assert [t["track_id"] for t in entry["tracks"]] == tracks["track_id"].tolist()
-    from emojimation.store import Store
+    from core.store import Store
 
     with Store(f"sqlite:///{tmp_path}/s.db") as store:
         stored = store.tracks(store.sources()["id"].iloc[0])

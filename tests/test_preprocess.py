@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from detector.stage import detect_faces
-from emojimation.messages import Frame, decode, encode
-from emojimation.preprocess import INPUT_SIZE, CropGeometry, face_input
+from core.messages import Frame, decode, encode
+from core.preprocess import INPUT_SIZE, CropGeometry, face_input
 from helpers_fer import FER_ORDER as EMOTIONS, decode_grey, shared_files
 from training.data import load_folder
 

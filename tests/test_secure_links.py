@@ -27,8 +27,8 @@ import zmq.auth
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.synthetic import compose_clip, require_shared_data, val_faces
-from emojimation.messages import Classified, End, MessageError, Start, Status, decode, encode
-from emojimation.store import Store
+from core.messages import Classified, End, MessageError, Start, Status, decode, encode
+from core.store import Store
 from emojimation.supervisor import free_tcp_address
 
 STAGE_ENV = {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}

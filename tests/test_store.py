@@ -15,9 +15,9 @@ import threading
 import pandas as pd
 import pytest
 
-from emojimation import store as store_module
-from emojimation.errors import ConfigError
-from emojimation.store import SCHEMA_VERSION, FaceRow, Store, StoreError, TrackRow
+from core import store as store_module
+from core.errors import ConfigError
+from core.store import SCHEMA_VERSION, FaceRow, Store, StoreError, TrackRow
 import helpers_postgres
 from helpers_postgres import assert_no_password
 

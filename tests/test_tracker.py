@@ -6,7 +6,7 @@ import numpy as np
 
 from aggregator.timeline import TrackTimeline, emotion_segments
 from aggregator.tracker import FaceTracker
-from emojimation.boxes import iou_matrix
+from core.boxes import iou_matrix
 
 
 def test_iou_matrix_values():

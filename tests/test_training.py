@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emojimation.emotions import EMOTION_INDEX, EMOTIONS
-from emojimation.errors import DataError
+from core.emotions import EMOTION_INDEX, EMOTIONS
+from core.errors import DataError
 from helpers_fer import (
     FER_ORDER,
     build_small_fer,
@@ -252,7 +252,7 @@ def test_short_run_writes_a_loadable_model(seed0_run, small_fer):
     png = (out / "learning_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
-    from emojimation.model_io import EmotionModel
+    from core.model_io import EmotionModel
 
     model = EmotionModel(model_path)
     assert model.info.temperature == pytest.approx(meta["temperature"])

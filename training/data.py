@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emojimation.config import IMAGE_SUFFIXES
-from emojimation.emotions import EMOTION_INDEX, EMOTIONS
-from emojimation.errors import DataError
-from emojimation.preprocess import INPUT_SIZE, face_input
+from core.config import IMAGE_SUFFIXES
+from core.emotions import EMOTION_INDEX, EMOTIONS
+from core.errors import DataError
+from core.preprocess import INPUT_SIZE, face_input
 
 CSV_USAGES = ("Training", "PublicTest", "PrivateTest")
 # Folder names users have for the splits of the CSV.

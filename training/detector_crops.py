@@ -28,8 +28,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from emojimation.boxes import iou_matrix
-from emojimation.preprocess import DETECTOR_CROPS, INPUT_SIZE, face_input
+from core.boxes import iou_matrix
+from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, face_input
 
 
 # (grey frame, smallest face side worth searching) -> boxes (N, 4) x, y, w, h

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
-from emojimation.errors import DataError
-from emojimation.model_io import EmotionModel, softmax
+from core.emotions import EMOTIONS, NUM_EMOTIONS
+from core.errors import DataError
+from core.model_io import EmotionModel, softmax
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ def export_tflite(keras_path: Path, out_path: Path, int8_weights: bool = True) -
     """
     import keras
 
-    from emojimation.model_io import quiet_tensorflow
+    from core.model_io import quiet_tensorflow
 
     quiet_tensorflow()
     import tensorflow as tf
@@ -37,7 +37,7 @@ def export_tflite(keras_path: Path, out_path: Path, int8_weights: bool = True) -
 
 
 def main() -> None:
-    from emojimation.model_io import DEFAULT_MODEL_PATH, DEFAULT_PIPELINE_MODEL_PATH
+    from core.model_io import DEFAULT_MODEL_PATH, DEFAULT_PIPELINE_MODEL_PATH
 
     parser = argparse.ArgumentParser(description="Export the Keras model for the pipeline (LiteRT).")
     parser.add_argument("--keras", type=Path, default=DEFAULT_MODEL_PATH)

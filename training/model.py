@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from emojimation.emotions import NUM_EMOTIONS
-from emojimation.preprocess import INPUT_SIZE
+from core.emotions import NUM_EMOTIONS
+from core.preprocess import INPUT_SIZE
 
 
 def _conv_bn_relu(x, filters: int, name: str):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emojimation.emotions import EMOTIONS, NUM_EMOTIONS
-from emojimation.errors import DataError
-from emojimation.model_io import (
+from core.emotions import EMOTIONS, NUM_EMOTIONS
+from core.errors import DataError
+from core.model_io import (
     PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
     write_json_atomic,
 )

@@ -33,7 +33,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from emojimation.errors import ConfigError
+from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ _EXPLAIN = {
 }
 # pyzmq's authenticator logs client keys and credentials; its records go to a logger that
 # never emits (we check the folder ourselves and count refusals from socket events).
-_ZAP_LOG = logging.getLogger("emojimation.security.zap")
+_ZAP_LOG = logging.getLogger("core.security.zap")
 _ZAP_LOG.setLevel(logging.CRITICAL + 1)
 _ZAP_LOG.propagate = False
 

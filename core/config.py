@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from emojimation.errors import ConfigError
+from core.errors import ConfigError
 
 ENV_PREFIX = "EMOJIMATION_"
 # Input files by name: images are read by OpenCV; videos are whatever ffmpeg reads (ingest
@@ -54,7 +54,7 @@ class StageLinks:
     status: str = ""  # the supervisor's status socket (optional when a stage runs alone)
     listen: str = ""  # the input (PULL) socket binds here, e.g. an aggregator that scaled classifiers push to
     push: list[str] = field(default_factory=list)  # the output (PUSH) socket connects to these
-    curve_dir: str = ""  # CurveZMQ keys folder: tcp:// links encrypted and authenticated (emojimation.security)
+    curve_dir: str = ""  # CurveZMQ keys folder: tcp:// links encrypted and authenticated (core.security)
     metrics_port: int = 0  # serve Prometheus metrics at http://metrics_host:metrics_port/metrics (0 = off)
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"  # text | json (one JSON object per line)

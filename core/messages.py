@@ -17,16 +17,18 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field, fields
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, ClassVar
 
 import numpy as np
 
+from core.emotions import NUM_EMOTIONS
+from core.preprocess import INPUT_SIZE
+
 PROTOCOL_VERSION = 1
 MAGIC = b"EM"
 _HEADER = struct.Struct("!2sBBqdd")
-CROP_SIZE = 48
-NUM_EMOTIONS = 7
+CROP_SIZE = INPUT_SIZE  # every face crop is the model's input
 
 
 class MessageError(ValueError):
@@ -47,6 +49,23 @@ class MessageType(IntEnum):
     TRACKED = 7  # classified faces with their track IDs (the aggregator's live output, e.g. for --preview)
 
 
+class StatusEvent(StrEnum):
+    """What a Status message reports. Members equal their strings, so logs and JSON stay readable."""
+
+    READY = "ready"  # the stage's sockets are up (and its model loaded): it can take work
+    STOPPED = "stopped"  # the stage is shutting down; detail carries its final counters
+    HEARTBEAT = "heartbeat"  # the stage's loop is alive (sent every few seconds, busy or idle)
+    INPUT_STARTED = "input-started"  # ingest opened one input of a file run
+    INPUT_FAILED = "input-failed"  # ingest could not open or decode one input
+    FINISHED = "finished"  # ingest sent every input of a file run
+    SOURCE_OPENED = "source-opened"  # the aggregator created the stream's source row
+    PROGRESS = "progress"  # the aggregator stored more frames of a stream
+    DONE = "done"  # the aggregator stored a stream completely
+    FAILED = "failed"  # a stream ended with an error; its partial rows were removed
+    CAMERA_STATUS = "camera-status"  # a camera ingest connected, lost or re-gained its camera
+    CAMERA_STOPPED = "camera-stopped"  # a camera stream ended (the monitor is stopping)
+
+
 @dataclass
 class Message:
     """Fields every message carries (the header)."""
@@ -60,6 +79,13 @@ class Message:
 
     def meta(self) -> dict[str, Any]:
         return {}
+
+
+def header(message: Message) -> dict[str, Any]:
+    """The header fields of a message that answers `message`: same stream, sequence number and
+    times, so latency and re-ordering follow the frame through every stage."""
+    return {"stream": message.stream, "seq": message.seq, "source_time": message.source_time,
+            "capture_time": message.capture_time}
 
 
 @dataclass
@@ -142,11 +168,17 @@ class End(Message):
 class Status(Message):
     TYPE: ClassVar[MessageType] = MessageType.STATUS
     stage: str = ""
-    event: str = ""  # ready | progress | done | failed | error | stopped
+    event: StatusEvent = StatusEvent.READY
     detail: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        try:
+            self.event = StatusEvent(self.event)
+        except ValueError:
+            raise MessageError(f"Status: unknown event {self.event!r}") from None
+
     def meta(self) -> dict[str, Any]:
-        return {"stage": self.stage, "event": self.event, "detail": self.detail}
+        return {"stage": self.stage, "event": str(self.event), "detail": self.detail}
 
 
 MESSAGE_TYPES: dict[MessageType, type[Message]] = {
@@ -234,7 +266,8 @@ def peek_type(header: bytes) -> MessageType:
 def _meta_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:
     """JSON types each small field of `cls` may take on the wire (ints are fine for floats)."""
     allowed = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-               "dict[str, Any]": (dict,), "float | None": (int, float, type(None))}
+               "dict[str, Any]": (dict,), "float | None": (int, float, type(None)),
+               "StatusEvent": (str,)}
     types = {}
     for f in fields(cls):
         if f.name in cls.ARRAYS or f.name in ("stream", "seq", "source_time", "capture_time"):

@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from emojimation.emotions import EMOTIONS
-from emojimation.errors import ModelError
-from emojimation.preprocess import INPUT_SIZE
+from core.emotions import EMOTIONS
+from core.errors import ModelError
+from core.preprocess import INPUT_SIZE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.keras"

@@ -45,8 +45,8 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from emojimation.emotions import EMOTIONS
-from emojimation.errors import ConfigError, EmojimationError, redact_url
+from core.emotions import EMOTIONS
+from core.errors import ConfigError, EmojimationError, redact_url
 
 PROB_COLUMNS = [f"p_{e}" for e in EMOTIONS]
 SMOOTHED_COLUMNS = [f"s_{e}" for e in EMOTIONS]

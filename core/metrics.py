@@ -4,7 +4,7 @@ Every stage (and the relay) builds one `StageMetrics` through its `StageIO` (as 
 and, when `metrics_port` > 0, StageIO serves it at http://METRICS_HOST:METRICS_PORT/metrics.
 Every name starts with `emojimation_` and every series carries a `stage` label.
 
-Read at scrape time from the counters StageIO keeps (`emojimation.runtime.Counters`, the
+Read at scrape time from the counters StageIO keeps (`core.runtime.Counters`, the
 same numbers the stage puts in its status reports, so the two never disagree):
 
   emojimation_messages_received_total{stage}      every message taken off the input socket
@@ -42,19 +42,44 @@ For example, in a stage: `io.metrics.queue_depth.set(len(pending))`,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from emojimation.runtime import Counters
-
 PREFIX = "emojimation_"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass
+class Counters:
+    """Per-stage counts, reported in status messages and served as metrics by StageMetrics below."""
+
+    received: int = 0
+    sent: int = 0
+    dropped: int = 0
+    errors: int = 0
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+    frames_in: int = 0  # received messages that carry a frame (Frame, Faces, Classified), not stream control
+    frames_out: int = 0
+    malformed: int = 0  # received messages that could not be decoded (also counted in drop_reasons)
+    rejected: dict[str, int] = field(default_factory=dict)  # refused Curve handshakes, by reason
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"received": self.received, "sent": self.sent, "dropped": self.dropped, "errors": self.errors,
+                "drop_reasons": dict(self.drop_reasons), "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "malformed": self.malformed, "rejected": dict(self.rejected)}
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 class _CountersCollector(Collector):

@@ -3,8 +3,8 @@
 Links (`StageIO.from_config`, the StageLinks settings): a stage's input PULL socket connects to
 `connect` and/or binds `listen`; its output PUSH socket binds `bind` and/or connects to `push`.
 With `curve_dir`, every tcp:// endpoint is CurveZMQ-encrypted and authenticated
-(emojimation.security). With `metrics_port`, the stage serves Prometheus metrics
-(emojimation.metrics; stages update them through `io.metrics`).
+(core.security). With `metrics_port`, the stage serves Prometheus metrics
+(core.metrics; stages update them through `io.metrics`).
 """
 
 from __future__ import annotations
@@ -18,21 +18,20 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
-from emojimation.errors import redact_url
-from emojimation.messages import Faces, Frame, Message, MessageError, Status, decode, encode
-from emojimation.metrics import StageMetrics
-from emojimation.security import LinkSecurity
+from core.errors import redact_url
+from core.messages import Faces, Frame, Message, MessageError, Status, StatusEvent, decode, encode
+from core.metrics import Counters, StageMetrics
+from core.security import LinkSecurity
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(name)-24s %(levelname)-7s %(message)s"
 HIGH_WATER_MARK = 64  # messages queued per socket before a sender blocks (files) or drops (cameras)
-redact = redact_url  # credentials are never logged (emojimation.errors)
+redact = redact_url  # credentials are never logged (core.errors)
 
 
 class JsonFormatter(logging.Formatter):
@@ -115,33 +114,6 @@ def stop_event_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
-
-
-@dataclass
-class Counters:
-    """Per-stage counts, reported in status messages and served as metrics (emojimation.metrics)."""
-
-    received: int = 0
-    sent: int = 0
-    dropped: int = 0
-    errors: int = 0
-    drop_reasons: dict[str, int] = field(default_factory=dict)
-    frames_in: int = 0  # received messages that carry a frame (Frame, Faces, Classified), not stream control
-    frames_out: int = 0
-    malformed: int = 0  # received messages that could not be decoded (also counted in drop_reasons)
-    rejected: dict[str, int] = field(default_factory=dict)  # refused Curve handshakes, by reason
-
-    def drop(self, reason: str) -> None:
-        self.dropped += 1
-        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "sent": self.sent, "dropped": self.dropped, "errors": self.errors,
-                "drop_reasons": dict(self.drop_reasons), "frames_in": self.frames_in,
-                "frames_out": self.frames_out, "malformed": self.malformed, "rejected": dict(self.rejected)}
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 class StageIO:
@@ -266,7 +238,7 @@ class StageIO:
         self._count_sent(message)
         return True
 
-    def report(self, event: str, stream: str = "", **detail: Any) -> None:
+    def report(self, event: StatusEvent, stream: str = "", **detail: Any) -> None:
         if self.status is None:
             return
         message = Status(stream=stream, seq=0, capture_time=time.time(), stage=self.stage, event=event,

@@ -6,7 +6,7 @@ scaled classifiers connect to it, so neither pool needs to know the other's addr
 Messages are forwarded unchanged: only the header is checked (magic, protocol version,
 type), and one that fails is counted as malformed and dropped. Sends block while
 downstream is full, so nothing is lost and backpressure reaches the senders. Counts and
-metrics are the same as every stage's (emojimation.metrics, stage="relay").
+metrics are the same as every stage's (core.metrics, stage="relay").
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from emojimation.config import RelayConfig
-from emojimation.errors import ConfigError
-from emojimation.messages import MessageError, MessageType, peek_type
-from emojimation.runtime import StageIO
+from core.config import RelayConfig
+from core.errors import ConfigError
+from core.messages import MessageError, MessageType, StatusEvent, peek_type
+from core.runtime import StageIO
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run(config: RelayConfig, stop: threading.Event | None = None) -> int:
         raise ConfigError("relay needs an input (--listen or --connect) and an output (--bind or --push)")
     io = StageIO.from_config("relay", config)
     try:
-        io.report("ready")
+        io.report(StatusEvent.READY)
         logger.info("relaying %s -> %s", config.listen or ", ".join(config.connect),
                     config.bind or ", ".join(config.push))
         while not stop.is_set():
@@ -51,5 +51,5 @@ def run(config: RelayConfig, stop: threading.Event | None = None) -> int:
                 break
         return 0
     finally:
-        io.report("stopped", **io.counters.as_dict())
+        io.report(StatusEvent.STOPPED, **io.counters.as_dict())
         io.close()
