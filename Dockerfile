@@ -42,7 +42,7 @@ RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'r
     && rm /tmp/requirements.txt
 
 # The source and the shipped model. Installed in place (editable) because the code finds the
-# model as <project>/models/, next to the packages (emojimation/model_io.py).
+# model as <project>/models/, next to the packages (core/model_io.py).
 COPY . .
 RUN pip install --no-cache-dir --no-deps -e . \
     && test -f models/emojimation_cnn.tflite \

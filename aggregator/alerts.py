@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,17 +142,47 @@ class AlertEvaluator:
         return firings
 
 
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is the end: a redirect could send the alert (and any token in its URL) to
+    another host, or to another scheme."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+def webhook_opener() -> urllib.request.OpenerDirector:
+    """An opener that speaks only http:// and https:// (no file://, ftp://, data:) and follows
+    no redirect. Proxies from the environment (HTTP(S)_PROXY) still apply."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    _NoRedirects(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
 class WebhookSender:
-    """POSTs alert JSON from a daemon thread, retrying with backoff; counts what was delivered."""
+    """POSTs alert JSON from a daemon thread, retrying with backoff; counts what was delivered.
+
+    Only http:// and https:// URLs are used, and redirects are not followed (a 3xx is a
+    failure, not retried). URLs are logged redacted (core.errors.redact_url)."""
 
     def __init__(self) -> None:
         self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=1000)
         self.delivered = 0
         self.failed = 0
+        self.opener = webhook_opener()
         self.thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
         self.thread.start()
 
     def send(self, url: str, payload: dict[str, Any]) -> None:
+        if urllib.parse.urlsplit(url).scheme.lower() not in WEBHOOK_SCHEMES:
+            self.failed += 1
+            logger.error("webhook %s: not an http:// or https:// URL; alert %s not sent", redact(url),
+                         payload.get("alert"))
+            return
         try:
             self.queue.put_nowait((url, payload))
         except queue.Full:
@@ -161,23 +192,37 @@ class WebhookSender:
     def _loop(self) -> None:
         while True:
             url, payload = self.queue.get()
-            body = json.dumps(payload).encode()
-            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-                request = urllib.request.Request(url, data=body, method="POST",
-                                                 headers={"Content-Type": "application/json",
-                                                          "User-Agent": "emojimation-alerts"})
-                try:
-                    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
-                        response.read()
-                    self.delivered += 1
-                    break
-                except (urllib.error.URLError, OSError, ValueError) as error:
-                    if attempt == WEBHOOK_ATTEMPTS:
-                        self.failed += 1
-                        logger.error("webhook %s: giving up after %d attempts (%s)", redact(url), attempt, error)
-                    else:
-                        time.sleep(0.5 * 2 ** (attempt - 1))
-            self.queue.task_done()
+            try:
+                self._deliver(url, payload)
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload).encode()
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      "User-Agent": "emojimation-alerts"})
+            try:
+                with self.opener.open(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+                    response.read()
+                self.delivered += 1
+                return
+            except urllib.error.HTTPError as error:
+                if 300 <= error.code < 400:
+                    self.failed += 1
+                    logger.error("webhook %s: answered %d %s; redirects are not followed", redact(url), error.code,
+                                 error.reason)
+                    return
+                problem: Exception = error
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                problem = error
+            if attempt == WEBHOOK_ATTEMPTS:
+                self.failed += 1
+                logger.error("webhook %s: giving up after %d attempts (%s)", redact(url), attempt,
+                             redact(str(problem)))
+            else:
+                time.sleep(0.5 * 2 ** (attempt - 1))
 
     def drain(self, timeout_s: float) -> None:
         """Give queued deliveries up to `timeout_s` at shutdown."""

@@ -41,7 +41,7 @@ import pandas as pd
 from bench.synthetic import compose_clip, require_shared_data, val_faces
 from core.boxes import iou_matrix
 from core.emotions import EMOTIONS
-from core.model_io import EmotionModel, default_pipeline_model
+from core.model_io import EmotionModel, default_model
 from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
 from training.data import load_folder
 
@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13])
     parser.add_argument("--faces", type=int, default=42, help="faces per clip, drawn at random from every emotion")
     parser.add_argument("--detectors", nargs="+", default=["haar"])
-    parser.add_argument("--models", type=Path, nargs="+", default=[default_pipeline_model()])
+    parser.add_argument("--models", type=Path, nargs="+", default=[default_model()])
     parser.add_argument("--margins", type=float, nargs="+", default=None,
                         help="re-score with these crop margins too (default: the detector's own geometry only)")
     parser.add_argument("--low-pass", type=float, nargs="+", default=[0.0],
@@ -192,7 +192,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
     models = [EmotionModel(m) for m in args.models]
-    shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_pipeline_model().resolve()), None)
+    shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_model().resolve()), None)
     totals: dict[tuple, dict] = {}  # (detector, margin, jitter, low-pass, model) -> summed counts
 
     def report(seed: int, schedule: list, detector: str, margin: float, jitter: str, crops: list) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from dashboard import ids
 from dashboard.app import create_app
 from dashboard.data import DashboardData
-from dashboard.demo import write_synthetic_source
+from devtools.dashboard_demo import write_synthetic_source
 from dashboard.downsample import MAX_POINTS_PER_TRACE
 from dashboard.pages.common import view_state
 from core.emotions import EMOTIONS

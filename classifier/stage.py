@@ -15,22 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from core.config import ClassifierConfig
-from core.messages import Classified, Faces, Message, StatusEvent
-from core.model_io import EmotionModel, configure_tensorflow_threads, default_pipeline_model
-from core.runtime import StageIO
+from core.emotions import NUM_EMOTIONS
+from core.messages import Classified, Faces, Message, header
+from core.model_io import EmotionModel, configure_tensorflow_threads, default_model
+from core.preprocess import INPUT_SIZE
+from core.runtime import StageIO, running
 
 logger = logging.getLogger(__name__)
 
 
 def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified]:
     crops = [m.crops for m in pending if len(m.crops)]
-    probs = model.probabilities(np.concatenate(crops)) if crops else np.zeros((0, 7), np.float32)
+    probs = model.probabilities(np.concatenate(crops)) if crops else np.zeros((0, NUM_EMOTIONS), np.float32)
     results, offset = [], 0
     for message in pending:
         n = len(message.crops)
         results.append(Classified(
-            stream=message.stream, seq=message.seq, source_time=message.source_time,
-            capture_time=message.capture_time, frame_index=message.frame_index, error=message.error,
+            **header(message), frame_index=message.frame_index, error=message.error,
             boxes=message.boxes, scores=message.scores, crops=message.crops,
             probs=probs[offset:offset + n].astype(np.float32),
         ))
@@ -41,17 +42,16 @@ def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified
 def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     flip = {"auto": None, "on": True, "off": False}[config.flip_tta]
-    model_path = Path(config.model) if config.model else default_pipeline_model()
+    model_path = Path(config.model) if config.model else default_model()
     if model_path.suffix != ".tflite":  # LiteRT models never load TensorFlow
         configure_tensorflow_threads(config.threads, 1)
     model = EmotionModel(model_path, flip_tta=flip, precision=config.precision, threads=config.threads)
-    model.probabilities(np.zeros((1, 48, 48), np.uint8))  # trace once before reporting ready
-    io = StageIO.from_config("classifier", config)
+    model.probabilities(np.zeros((1, INPUT_SIZE, INPUT_SIZE), np.uint8))  # trace once before reporting ready
     pending: list[Faces] = []
     waiting_since = 0.0
     batches = faces_classified = 0
-    try:
-        io.report(StatusEvent.READY, model=str(model.path))
+    with running(StageIO.from_config("classifier", config), ready={"model": str(model.path)},
+                 final=lambda: {"batches": batches, "faces": faces_classified}) as io:
         while not stop.is_set():
             timeout = 200 if not pending else max(0, int(config.max_wait_ms - (time.monotonic() - waiting_since) * 1000))
             message: Message | None = io.receive(timeout)
@@ -78,7 +78,4 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
                 faces_classified += queued
                 pending = []
                 io.metrics.queue_depth.set(0)
-        return 0
-    finally:
-        io.report(StatusEvent.STOPPED, batches=batches, faces=faces_classified, **io.counters.as_dict())
-        io.close()
+    return 0

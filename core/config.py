@@ -1,13 +1,19 @@
-"""Typed configuration for every stage and command, in one place.
+"""Typed configuration for every stage and command, in one place, read by one loader (`load`).
 
-Precedence (lowest to highest): the dataclass defaults below, a TOML file (`--config FILE`,
-one table per command: `[analyse]`, `[detector]`, ...), environment variables
-`EMOJIMATION_<FIELD>` (e.g. `EMOJIMATION_STORE`, `EMOJIMATION_FPS`), then CLI flags.
+Precedence (lowest to highest): the dataclass defaults below, a TOML or YAML file (`--config
+FILE`, one table per command: `[analyse]`, `[detector]`, `[train]`, `[dashboard]`, ...),
+environment variables `EMOJIMATION_<FIELD>` (e.g. `EMOJIMATION_STORE`, `EMOJIMATION_FPS`; a field
+may name its own, as the dashboard's password does), then CLI flags.
+
+The monitor's file (a [monitor] table, [[cameras]] and [[alerts]]) is read and checked whole by
+`read_monitor_file`, and alert rules are typed (`AlertRule`) and checked here too, so the
+monitor, the aggregator and `--check-config` share one validator.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -18,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.errors import ConfigError
+from core.emotions import EMOTIONS
+from core.errors import ConfigError, redact_url
 
 ENV_PREFIX = "EMOJIMATION_"
+ENV = "env"  # field metadata key: the field's own environment variable instead of EMOJIMATION_<FIELD>
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The trained Keras weights: what training fine-tunes, distils and exports from.
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.keras"
+DEFAULT_FER_DATA = PROJECT_ROOT.parent / "shared" / "data" / "fer2013"
 # Input files by name: images are read by OpenCV; videos are whatever ffmpeg reads (ingest
 # probes every non-image file), and this list only says which uploads the dashboard offers.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -31,6 +43,8 @@ DETECTORS = ("haar", "blazeface", "blazeface-full")
 # (docs/benchmarks.md, sections 2 and 3).
 DEFAULT_DETECTOR = "blazeface"
 LOG_FORMATS = ("text", "json")
+PRECISIONS = ("auto", "float32", "bfloat16")
+TTA_MODES = ("auto", "on", "off")
 
 
 def data_dir() -> Path:
@@ -42,6 +56,11 @@ def data_dir() -> Path:
 
 def default_store_url() -> str:
     return f"sqlite:///{data_dir() / 'emojimation.db'}"
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets and detector crops are cached: $EMOJIMATION_CACHE, else ~/.cache/emojimation."""
+    return Path(os.environ.get("EMOJIMATION_CACHE", Path.home() / ".cache" / "emojimation"))
 
 
 @dataclass
@@ -143,7 +162,7 @@ class AnalyseConfig:
 @dataclass
 class MonitorConfig:
     """`emojimation monitor`: live cameras until SIGINT/SIGTERM. Cameras and alert rules may also
-    come from the config file's [[cameras]] and [[alerts]] tables (emojimation.monitor)."""
+    come from the config file's [[cameras]] and [[alerts]] tables (`read_monitor_file`)."""
 
     sources: list[str] = field(default_factory=list)  # URL or NAME=URL
     fps: float = 5.0
@@ -171,6 +190,242 @@ class MonitorConfig:
     log_format: str = "text"
 
 
+@dataclass
+class TrainConfig:
+    """`emojimation train`: the emotion CNN on FER2013, resumably (training.train)."""
+
+    data: Path = DEFAULT_FER_DATA
+    split: str = "train"
+    out: Path = PROJECT_ROOT / "models"
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 2
+    holdout_fraction: float = 0.05
+    class_weight_power: float = 0.3  # 0 = none, 1 = inverse frequency; mild keeps accuracy
+    # Ship the average of the last N epochs' weights (0/1 = the best single epoch instead).
+    # Measured on the shipped run (models/README.md): val accuracy with flip TTA 69.99 % for the
+    # last epoch alone, 69.99 % for the last 8 averaged, 70.24 % for the last 24.
+    average_last: int = 24
+    # Horizontal-flip test-time augmentation on by default: +1.0 point of val accuracy for
+    # twice the classifier compute, which is not the pipeline's bottleneck.
+    flip_tta: bool = True
+    width: int = 32
+    seed: int = 0
+    limit: int | None = None  # train on the first N faces of a shuffled subset (tests, smoke runs)
+    restart: bool = False  # ignore existing checkpoints and start over
+    precision: str = "auto"  # auto | bfloat16 | float32
+    threads: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """`emojimation finetune`: the detector-crop fine-tune of a trained model (training.finetune)."""
+
+    pairs: Path | None = None  # the detector crops (default: made and cached by `emojimation finetune`)
+    detectors: list[str] = field(default_factory=lambda: ["haar", "blazeface"])  # whose crops to make
+    renders: int = 2  # frames per face, each cut by every detector
+    start: Path = DEFAULT_MODEL_PATH  # the trained model to fine-tune
+    data: Path = DEFAULT_FER_DATA
+    split: str = "train"
+    # Not models/: the start model stays as it was. Ship a result by copying it (and its .json)
+    # into models/ and running `python -m training.export`.
+    out: Path = PROJECT_ROOT / "runs" / "finetune"
+    epochs: int = 3  # an epoch: every face once, each with one of its crops drawn at random
+    batch_size: int = 64  # faces per step (the step sees these and as many crops)
+    learning_rate: float = 1e-4  # peak; a short warm-up, then cosine decay
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    # Weight of the symmetric KL between the face's and the crop's answers. Measured
+    # (models/README.md): 1 raised val accuracy and crop agreement; 2 and 5 agreed a little more
+    # on single crops but cost accuracy (fear recall most).
+    consistency: float = 1.0
+    class_weight_power: float = 0.3
+    seed: int = 0  # the crops' renders and the epochs' shuffles; the hold-out comes from the start model
+    restart: bool = False
+    precision: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    """`emojimation evaluate`: a model's scores on a labelled split (training.evaluate)."""
+
+    data: str = ""  # emotion-folder root, split root, or fer2013.csv
+    model: str = ""  # empty = the shipped model (core.model_io.default_model)
+    split: str = ""  # empty = val for folders, PrivateTest for a CSV
+    json: bool = False  # one JSON object on stdout, nothing else
+    tta: str = "auto"  # auto (the model's setting) | on | off
+    confusion_png: str = "confusion_matrix.png"
+    precision: str = "auto"  # auto (bfloat16 where the CPU has it natively) | float32 | bfloat16
+
+
+@dataclass
+class DashboardConfig:
+    """`emojimation dashboard`. The password comes from EMOJIMATION_DASHBOARD_AUTH, not a flag's
+    value (`ps` shows argv to every user); a non-loopback host needs it or `no_auth`."""
+
+    store: str = ""  # empty = default_store_url()
+    host: str = "127.0.0.1"
+    port: int = 8050  # 0 picks a free one
+    auth: str = field(default="", metadata={ENV: "EMOJIMATION_DASHBOARD_AUTH"})  # USER:PASSWORD
+    no_auth: bool = False
+
+
+# --- alert rules and the monitor's file ------------------------------------------------------
+@dataclass
+class AlertRule:
+    """Fires when a track's smoothed `emotion` stays at or above `min_prob` for `min_duration_s`."""
+
+    name: str
+    emotion: str
+    min_prob: float = 0.7
+    min_duration_s: float = 3.0
+    webhook: str = ""
+    cameras: list[str] = field(default_factory=list)  # camera names; empty = every camera
+
+    def applies_to(self, camera: str) -> bool:
+        return not self.cameras or camera in self.cameras
+
+
+RULE_FIELDS = {"name": str, "emotion": str, "min_prob": float, "min_duration_s": float, "webhook": str,
+               "cameras": list}
+
+
+def parse_rules(items: list[Any], where: str = "alerts") -> tuple[list[AlertRule], list[str]]:
+    """Rules from config tables, plus one clear message per problem (nothing is silently ignored)."""
+    rules, problems = [], []
+    if not isinstance(items, list):
+        return [], [f"{where}: expected a list of tables ([[alerts]])"]
+    for index, item in enumerate(items):
+        label = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{label}: expected a table with name, emotion, min_prob, min_duration_s")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in item.items():
+            kind = RULE_FIELDS.get(key)
+            if kind is None:
+                problems.append(f"{label}: unknown key {key!r} (allowed: {', '.join(RULE_FIELDS)})")
+            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[key] = float(value)
+            elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                values[key] = value
+            elif kind is str and isinstance(value, str):
+                values[key] = value
+            else:
+                problems.append(f"{label}.{key}: {value!r} is not a valid {kind.__name__}")
+        for required in ("name", "emotion"):
+            if required not in item:
+                problems.append(f"{label}: missing {required!r}")
+        if values.get("emotion") is not None and values["emotion"] not in EMOTIONS:
+            problems.append(f"{label}.emotion: {values['emotion']!r} is not one of {', '.join(EMOTIONS)}")
+        if not 0.0 <= values.get("min_prob", 0.7) <= 1.0:
+            problems.append(f"{label}.min_prob: must be between 0 and 1")
+        if values.get("min_duration_s", 3.0) < 0:
+            problems.append(f"{label}.min_duration_s: must not be negative")
+        if values.get("webhook") and not values["webhook"].startswith(("http://", "https://")):
+            problems.append(f"{label}.webhook: must be an http:// or https:// URL")
+        if not problems and "name" in values and "emotion" in values:
+            rules.append(AlertRule(**values))
+    return rules, problems
+
+
+def rules_from_json(text: str) -> list[AlertRule]:
+    """The aggregator's `alert_rules` setting (a JSON list of rule tables), checked."""
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"alert_rules: not valid JSON ({error})") from None
+    rules, problems = parse_rules(data)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return rules
+
+
+@dataclass
+class Camera:
+    """One camera of `emojimation monitor`; a setting left None takes the [monitor] one."""
+
+    name: str
+    url: str
+    fps: float | None = None
+    loop: bool | None = None
+    rtsp_transport: str | None = None
+
+
+CAMERA_KEYS = {"name": str, "url": str, "fps": float, "loop": bool, "rtsp_transport": str}
+MONITOR_TABLES = ("monitor", "cameras", "alerts")
+
+
+@dataclass
+class MonitorFile:
+    """The monitor's config file, checked: [monitor] settings (typed, for `load`'s `file_values`),
+    [[cameras]] and [[alerts]]."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    cameras: list[Camera] = field(default_factory=list)
+    alerts: list[AlertRule] = field(default_factory=list)
+
+
+def parse_camera(text: str) -> Camera:
+    """`NAME=URL` or a bare URL (named by its credential-free URL)."""
+    name, sep, url = text.partition("=")
+    if sep and "://" not in name and "/" not in name and name:
+        return Camera(name=name.strip(), url=url.strip())
+    return Camera(name=redact_url(text.strip()), url=text.strip())
+
+
+def read_monitor_file(path: str) -> tuple[MonitorFile, list[str]]:
+    """The whole file checked, with one message per problem (`monitor --check-config` prints
+    them all); ConfigError only when the file cannot be read or parsed at all."""
+    data = read_file(path, "[monitor], [[cameras]], [[alerts]]")
+    problems = [f"{path}: unknown table {key!r} (allowed: {', '.join(MONITOR_TABLES)})"
+                for key in data if key not in MONITOR_TABLES]
+    settings = _table_values(MonitorConfig, "monitor", data.get("monitor", {}), path, problems, skip={"sources"})
+    cameras = _check_cameras(data.get("cameras", []), path, problems)
+    rules, rule_problems = parse_rules(data.get("alerts", []), f"{path}: alerts")
+    return MonitorFile(settings, cameras, rules), problems + rule_problems
+
+
+def _check_cameras(items: Any, where: str, problems: list[str]) -> list[Camera]:
+    cameras: list[Camera] = []
+    if not isinstance(items, list):
+        problems.append(f"{where}: cameras must be a list of tables ([[cameras]] with name and url)")
+        return cameras
+    for index, item in enumerate(items):
+        label = f"{where}: cameras[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{label}: expected a table with name and url")
+            continue
+        ok = True
+        for key, value in item.items():
+            kind = CAMERA_KEYS.get(key)
+            if kind is None:
+                problems.append(f"{label}: unknown key {key!r} (allowed: {', '.join(CAMERA_KEYS)})")
+                ok = False
+            elif not (isinstance(value, kind) or kind is float and isinstance(value, int)) or \
+                    isinstance(value, bool) and kind is not bool:
+                problems.append(f"{label}.{key}: {value!r} is not a valid {kind.__name__}")
+                ok = False
+        if not isinstance(item.get("url"), str) or not item.get("url"):
+            problems.append(f"{label}: missing 'url'")
+            ok = False
+        if item.get("rtsp_transport") not in (None, "tcp", "udp"):
+            problems.append(f"{label}.rtsp_transport: choose tcp or udp")
+            ok = False
+        if ok:
+            cameras.append(Camera(name=item.get("name") or parse_camera(item["url"]).name, url=item["url"],
+                                  fps=float(item["fps"]) if "fps" in item else None, loop=item.get("loop"),
+                                  rtsp_transport=item.get("rtsp_transport")))
+    return cameras
+
+
+# --- the loader ------------------------------------------------------------------------------
 T = TypeVar("T")
 
 
@@ -195,7 +450,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if annotation in (int, float, str):
+        if annotation in (int, float, str, Path):
             return annotation(value)
     except (ValueError, TypeError, StopIteration):
         pass
@@ -204,31 +459,75 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"setting {name}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}")
 
 
+def read_file(path: str, tables: str) -> dict[str, Any]:
+    """A TOML or YAML file (by suffix) as a dict of tables; ConfigError with one line if unreadable."""
+    file = Path(path)
+    yaml_file = file.suffix.lower() in (".yaml", ".yml")
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
+    try:
+        if yaml_file:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError: a one-line reason either way
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not valid {'YAML' if yaml_file else 'TOML'} ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected tables {tables} at the top level")
+    return data
+
+
+def _table_values(cls: type, section: str, table: Any, where: str, problems: list[str],
+                  skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A file's [section] table as typed field values; one message per problem goes to `problems`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    values: dict[str, Any] = {}
+    if not isinstance(table, dict):
+        problems.append(f"{where}: [{section}] must be a table")
+        return values
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            problems.append(f"{where}: [{section}] unknown setting {key!r}")
+            continue
+        try:
+            values[name] = _coerce(f"{section}.{key}", value, hints[name])
+        except ConfigError as error:
+            problems.append(f"{where}: {error}")
+    return values
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable of a config field: EMOJIMATION_<FIELD> unless it names its own."""
+    return f.metadata.get(ENV, ENV_PREFIX + f.name.upper())
+
+
 def load(cls: type[T], section: str, config_file: str | None = None, overrides: dict[str, Any] | None = None,
          environ: dict[str, str] | None = None, file_values: dict[str, Any] | None = None) -> T:
-    """Build `cls` from defaults < TOML file section (or `file_values`, already read and
-    checked by the caller) < environment < explicit overrides."""
+    """Build `cls` from defaults < the file's [section] table (or `file_values`, already read
+    and checked by `read_monitor_file`) < environment < explicit overrides (None = not given)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = dict(file_values or {})
     if config_file:
-        try:
-            table = tomllib.loads(Path(config_file).read_text()).get(section, {})
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{config_file}: cannot read config ({error})") from None
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise ConfigError(f"{config_file}: [{section}] unknown setting {key!r}")
-            values[name] = _coerce(f"{section}.{key}", value, hints[name])
+        problems: list[str] = []
+        table = read_file(config_file, f"[{section}]").get(section, {})
+        values.update(_table_values(cls, section, table, config_file, problems))
+        if problems:
+            raise ConfigError("; ".join(problems))
     env = os.environ if environ is None else environ
-    for name in names:
-        raw = env.get(ENV_PREFIX + name.upper())
+    for f in dataclasses.fields(cls):
+        raw = env.get(env_name(f))
         if raw is not None:
-            values[name] = _coerce(ENV_PREFIX + name.upper(), raw, hints[name])
+            values[f.name] = _coerce(env_name(f), raw, hints[f.name])
     for name, value in (overrides or {}).items():
         if value is not None:
-            values[name] = value
+            values[name] = _coerce("--" + name.replace("_", "-"), value, hints[name])
     config = cls(**values)
     _validate(config)
     return config
@@ -244,6 +543,13 @@ def _validate(config: Any) -> None:
     transport = getattr(config, "rtsp_transport", None)
     if transport is not None and transport not in ("tcp", "udp"):
         raise ConfigError(f"rtsp_transport {transport!r}: choose tcp or udp")
+    precision = getattr(config, "precision", None)
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if isinstance(config, EvaluateConfig) and config.tta not in TTA_MODES:
+        raise ConfigError(f"tta {config.tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if isinstance(config, AggregatorConfig):
+        rules_from_json(config.alert_rules)
     for name in ("workers", "detector_workers", "max_batch"):
         value = getattr(config, name, None)
         if value is not None and value < 1:

@@ -18,19 +18,20 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from core.config import DEFAULT_MODEL_PATH, PROJECT_ROOT  # the Keras weights: what training starts from
 from core.emotions import EMOTIONS
 from core.errors import ModelError
 from core.preprocess import INPUT_SIZE
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.keras"
-# The same weights exported for LiteRT: the pipeline's classifier uses it by default, because
-# it starts in well under a second instead of importing TensorFlow (~2.5 s), which dominates
-# short files (docs/benchmarks.md). `evaluate` and `--model` users get the Keras file.
+# The same weights exported for LiteRT (int8 weights): what classifies by default, because it
+# starts in well under a second instead of importing TensorFlow (~2.5 s), which dominates short
+# files, and runs faster per crop (docs/benchmarks.md).
 DEFAULT_PIPELINE_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.tflite"
 
 
-def default_pipeline_model() -> Path:
+def default_model() -> Path:
+    """The one answer to "which model classifies when none is named": the pipeline, `evaluate`
+    and the Python API all use it (the LiteRT export, or the Keras file if there is no export)."""
     return DEFAULT_PIPELINE_MODEL_PATH if DEFAULT_PIPELINE_MODEL_PATH.is_file() else DEFAULT_MODEL_PATH
 
 
@@ -199,7 +200,7 @@ class EmotionModel:
 
     def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None,
                  precision: str = "auto", threads: int = 1) -> None:
-        self.path = Path(path) if path else DEFAULT_MODEL_PATH
+        self.path = Path(path) if path else default_model()
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         self.info = ModelInfo.load(metadata_path(self.path))
@@ -221,7 +222,8 @@ class EmotionModel:
             raise ModelError(f"{self.path}: cannot load model ({type(error).__name__}: {error})") from None
         shape = tuple(self.keras_model.input_shape[1:])
         if shape != (INPUT_SIZE, INPUT_SIZE, 1) or self.keras_model.output_shape[-1] != len(EMOTIONS):
-            raise ModelError(f"{self.path}: expected input (48, 48, 1) and 7 outputs, got {shape}")
+            raise ModelError(f"{self.path}: expected input ({INPUT_SIZE}, {INPUT_SIZE}, 1) and {len(EMOTIONS)} outputs, "
+                             f"got {shape}")
         self.precision = "bfloat16" if precision == "bfloat16" or (precision == "auto" and cpu_has_bf16()) \
             else "float32"
         model = self.keras_model

@@ -16,8 +16,8 @@ import threading
 
 from core.config import RelayConfig
 from core.errors import ConfigError
-from core.messages import MessageError, MessageType, StatusEvent, peek_type
-from core.runtime import StageIO
+from core.messages import MessageError, MessageType, peek_type
+from core.runtime import StageIO, running
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,7 @@ def run(config: RelayConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     if not (config.listen or config.connect) or not (config.bind or config.push):
         raise ConfigError("relay needs an input (--listen or --connect) and an output (--bind or --push)")
-    io = StageIO.from_config("relay", config)
-    try:
-        io.report(StatusEvent.READY)
+    with running(StageIO.from_config("relay", config)) as io:
         logger.info("relaying %s -> %s", config.listen or ", ".join(config.connect),
                     config.bind or ", ".join(config.push))
         while not stop.is_set():
@@ -49,7 +47,11 @@ def run(config: RelayConfig, stop: threading.Event | None = None) -> int:
                 io.counters.frames_in += 1
             if not io.send_raw(frames, carries_frame, stop):
                 break
-        return 0
-    finally:
-        io.report(StatusEvent.STOPPED, **io.counters.as_dict())
-        io.close()
+    return 0
+
+
+if __name__ == "__main__":  # `python -m core.relay`
+    from core.config import RelayConfig as _Config
+    from core.process import stage_main
+
+    stage_main("relay", _Config, run)

@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -260,3 +261,18 @@ class StageIO:
             self.security.close()
         self.context.term()
         self.metrics.close()
+
+
+@contextmanager
+def running(io: StageIO, ready: dict[str, Any] | None = None, final: Callable[[], dict[str, Any]] = dict,
+            deliver: Callable[[], bool] = lambda: False) -> Iterator[StageIO]:
+    """The skeleton every stage's loop runs in: report ready, run the body, then, however it
+    ends, report stopped with the final counters and close the sockets. `final` adds the
+    stage's own totals to the stopped report; `deliver()` says whether queued output must be
+    handed on before closing (a file ingest that finished)."""
+    try:
+        io.report(StatusEvent.READY, **(ready or {}))
+        yield io
+    finally:
+        io.report(StatusEvent.STOPPED, **final(), **io.counters.as_dict())
+        io.close(deliver=deliver())

@@ -14,14 +14,23 @@ A host that only connects needs client.key, client.key_secret and server.key; a 
 binds needs server.key, server.key_secret and authorized/. ipc:// and inproc:// sockets are
 local and stay plain. Binding sockets are watched with ZMQ socket monitors: each refused
 handshake is counted by reason and logged (rate-limited) without any key material.
+
+File modes: the keys folder is tightened to 0700 when this user owns it; a secret key file
+that others may read, or a public key, allow-list or folder that others may write (they could
+plant a key), is refused with one line. Every socket gets a maximum message size
+(`zmq.MAXMSGSIZE`): a peer cannot make a stage buffer more than that. A plain (keyless) tcp://
+bind on anything but a loopback address is refused unless `insecure=True`, which logs one
+warning line.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -60,8 +69,77 @@ _ZAP_LOG.setLevel(logging.CRITICAL + 1)
 _ZAP_LOG.propagate = False
 
 
+# The largest message part a socket accepts. The biggest real one is a frame at the pipeline's
+# max_side: 1280 x 1280 x 3 bytes = 4.9 MB (a full-size 8K frame, with max_side 0, is 100 MB:
+# pass a larger limit for that). A bigger part closes the sender's connection.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SECRET_MODE_MASK = 0o077  # a secret key file: nobody but its owner may read or write it
+SHARED_WRITE_MASK = 0o022  # public keys, the allow-list and the folders: nobody else may write
+
+
+class InsecureBindError(ConfigError):
+    """A plain tcp:// bind beyond loopback without the explicit `insecure` setting (a usage error)."""
+
+
 def is_tcp(address: str) -> bool:
     return address.strip().lower().startswith("tcp://")
+
+
+def tcp_host(address: str) -> str:
+    """The host (or interface) of a tcp:// endpoint: `tcp://[::1]:5555` -> `::1`, `tcp://*:5` -> `*`."""
+    rest = address.strip()[len("tcp://"):]
+    rest = rest.rsplit(";", 1)[-1]  # `tcp://source;destination` (connect only)
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
+def is_loopback_endpoint(address: str) -> bool:
+    """True for tcp:// endpoints on 127.0.0.0/8, ::1, `localhost` or the `lo` interface; False
+    for `*`, 0.0.0.0, any other address, name or interface."""
+    host = tcp_host(address).lower()
+    if host in ("localhost", "lo", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_bind_problem(address: str, curve_dir: str, insecure: bool) -> str | None:
+    """Why binding `address` is refused (one line), or None: a tcp:// bind beyond loopback must
+    be encrypted (`curve_dir`) unless `insecure` says otherwise."""
+    if curve_dir or insecure or not is_tcp(address) or is_loopback_endpoint(address):
+        return None
+    return (f"{address}: a plain tcp:// bind beyond loopback lets anyone on the network read and inject "
+            f"frames; give a keys folder (--curve-dir, `emojimation keys generate DIR`) or --insecure")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def tighten_folder(folder: Path) -> None:
+    """Make a keys folder 0700 when this user owns it; an open folder owned by someone else is
+    refused only if others may write to it (they could plant keys)."""
+    info = folder.stat()
+    if info.st_uid == os.geteuid():
+        if stat.S_IMODE(info.st_mode) & SECRET_MODE_MASK:
+            folder.chmod(0o700)
+            logger.info("curve_dir %s: folder tightened to 0700", folder)
+    elif stat.S_IMODE(info.st_mode) & SHARED_WRITE_MASK and not info.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"curve_dir {folder}: folder is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                          f"chmod 700 {folder}")
+
+
+def check_key_file(folder: Path, path: Path, secret: bool) -> None:
+    """One-line ConfigError when a secret key file is open to others, or a public one writable."""
+    mode = _mode(path)
+    if secret and mode & SECRET_MODE_MASK:
+        raise ConfigError(f"curve_dir {folder}: {path.relative_to(folder)} is open to other users "
+                          f"(mode {mode:04o}); chmod 600 {path}")
+    if not secret and mode & SHARED_WRITE_MASK:
+        raise ConfigError(f"curve_dir {folder}: {path.relative_to(folder)} is writable by other users "
+                          f"(mode {mode:04o}); chmod 644 {path}")
 
 
 # --- keys folder ------------------------------------------------------------------------------
@@ -89,6 +167,8 @@ def generate_keys(directory: str | Path, name: str | None = None) -> list[Genera
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         (folder / AUTHORIZED).mkdir(exist_ok=True, mode=0o700)
+        for existing in (folder, folder / AUTHORIZED):  # mkdir leaves an existing folder as it was
+            tighten_folder(existing)
     except OSError as error:
         raise ConfigError(f"{folder}: cannot create the keys folder ({error.strerror or error})") from None
     results = []
@@ -123,6 +203,11 @@ class CurveKeys:
                               f"(create one with `emojimation keys generate {self.folder}`)")
         if not os.access(self.folder, os.R_OK | os.X_OK):
             raise ConfigError(f"curve_dir {self.folder}: folder is not readable")
+        try:
+            tighten_folder(self.folder)
+        except OSError as error:
+            raise ConfigError(f"curve_dir {self.folder}: cannot set the folder's mode "
+                              f"({error.strerror or error})") from None
         self._pairs: dict[str, tuple[bytes, bytes | None]] = {}
 
     def _load(self, name: str, secret: bool) -> tuple[bytes, bytes | None]:
@@ -132,6 +217,7 @@ class CurveKeys:
             if not path.is_file():
                 raise ConfigError(f"curve_dir {self.folder}: {path.name} is missing "
                                   f"(create it with `emojimation keys generate {self.folder}`)")
+            check_key_file(self.folder, path, secret)
             try:
                 public, secret_key = zmq.auth.load_certificate(str(path))
             except (OSError, ValueError) as error:
@@ -159,6 +245,13 @@ class CurveKeys:
             raise ConfigError(f"curve_dir {self.folder}: the {AUTHORIZED}/ folder of client keys is missing")
         if not os.access(folder, os.R_OK | os.X_OK):
             raise ConfigError(f"curve_dir {self.folder}: {AUTHORIZED}/ is not readable")
+        try:
+            tighten_folder(folder)
+        except OSError as error:
+            raise ConfigError(f"curve_dir {self.folder}: cannot set the mode of {AUTHORIZED}/ "
+                              f"({error.strerror or error})") from None
+        for key in folder.glob("*.key"):  # anyone who could write here could let themselves in
+            check_key_file(self.folder, key, secret=False)
         if not any(folder.glob("*.key")):
             logger.warning("curve_dir %s: %s/ holds no client keys; every peer will be refused",
                            self.folder, AUTHORIZED)
@@ -169,18 +262,26 @@ class CurveKeys:
 class LinkSecurity:
     """Binds and connects a stage's sockets: Curve on tcp:// when a keys folder is given.
 
-    Use `bind`/`connect` for every endpoint, then `start()` once all sockets exist (it starts
-    the thread that watches bound Curve sockets). To finish: `stop_watching()`, close the
-    sockets, then `close()` (the authenticator outlives the sockets it guards), then terminate
-    the context.
+    Use `bind`/`connect` for every endpoint of every socket (PUSH, PULL, PUB, SUB alike), then
+    `start()` once all sockets exist (it starts the thread that watches bound Curve sockets).
+    To finish: `stop_watching()`, close the sockets, then `close()` (the authenticator outlives
+    the sockets it guards), then terminate the context.
+
+    Every socket passed in gets `zmq.MAXMSGSIZE` = `max_message_bytes`. Without keys, a tcp://
+    bind beyond loopback raises InsecureBindError unless `insecure` is True (then it is logged
+    once, as a warning).
     """
 
     def __init__(self, context: zmq.Context, stage: str, curve_dir: str = "",
-                 on_refused: Callable[[str], None] = lambda reason: None) -> None:
+                 on_refused: Callable[[str], None] = lambda reason: None, *, insecure: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.context = context
         self.stage = stage
         self.keys = CurveKeys(curve_dir) if curve_dir else None
         self.on_refused = on_refused
+        self.insecure = insecure
+        self.max_message_bytes = max_message_bytes
+        self._warned_insecure = False
         self.authenticator: ThreadAuthenticator | None = None
         self._monitors: dict[zmq.Socket, str] = {}  # monitor socket -> the bound address it watches
         self._monitored: list[zmq.Socket] = []  # the bound Curve sockets being watched
@@ -193,7 +294,20 @@ class LinkSecurity:
     def enabled(self) -> bool:
         return self.keys is not None
 
+    def _limit(self, sock: zmq.Socket) -> None:
+        if self.max_message_bytes > 0:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+
     def bind(self, sock: zmq.Socket, address: str) -> None:
+        if self.keys is None and is_tcp(address) and not is_loopback_endpoint(address):
+            problem = plain_bind_problem(address, "", self.insecure)
+            if problem:
+                raise InsecureBindError(f"{self.stage}: {problem}")
+            if not self._warned_insecure:
+                self._warned_insecure = True
+                logger.warning("%s: --insecure: %s is bound without encryption or authentication; anyone who "
+                               "can reach it can read and inject messages", self.stage, address)
+        self._limit(sock)
         if self.keys is not None and is_tcp(address):
             public, secret = self.keys.server_pair()
             self._start_authenticator()
@@ -216,6 +330,7 @@ class LinkSecurity:
             raise OSError(f"{self.stage}: cannot bind {address} ({error})") from None
 
     def connect(self, sock: zmq.Socket, address: str) -> None:
+        self._limit(sock)
         if self.keys is not None and is_tcp(address):
             public, secret = self.keys.client_pair()
             sock.curve_secretkey = secret

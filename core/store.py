@@ -30,13 +30,21 @@ Where the dialects differ, this module bridges them in one place each:
 
 Driver errors of either backend become `StoreError`: one line, and a password in the URL is
 always shown as `***`.
+
+Private by default: the SQLite file (with its -wal and -shm files, and the face thumbnails in
+it) is created 0600, and a folder the store creates for it 0700; an existing database file is
+tightened to 0600. Every text the store writes about a source (URI, name, error, options,
+event messages and data) goes through `core.errors.redact_url` first, so no credential in a
+camera or webhook URL reaches a row, whoever the caller is.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import stat
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -45,6 +53,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
+from core.config import data_dir
 from core.emotions import EMOTIONS
 from core.errors import ConfigError, EmojimationError, redact_url
 
@@ -244,6 +253,46 @@ def sqlite_path(url: str) -> Path:
     return Path(url)
 
 
+FILE_MODE, FOLDER_MODE = 0o600, 0o700
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 (its folder 0700 when the store creates it, or when it is
+    the default data folder), or tighten an existing one (and its -wal/-shm) to 0600. SQLite
+    gives the -wal and -shm files it creates the database file's mode, so they follow."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir(mode=FOLDER_MODE)
+        except FileExistsError:
+            pass
+        created.chmod(FOLDER_MODE)  # mkdir's mode is masked by the umask
+    folder = path.parent
+    if not missing and folder.resolve() == data_dir().resolve() and folder.stat().st_uid == os.geteuid():
+        folder.chmod(FOLDER_MODE)  # the default data folder holds nothing but the store
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        for candidate in (path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_COMPANIONS)):
+            try:
+                info = candidate.stat()
+                if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+                    candidate.chmod(FILE_MODE)
+            except FileNotFoundError:
+                continue
+    else:
+        os.close(descriptor)
+
+
+def _redacted(value: Any) -> Any:
+    return redact_url(value) if isinstance(value, str) else value
+
+
 def _connect_postgres(url: str, label: str) -> Any:
     try:
         import psycopg
@@ -268,8 +317,10 @@ class Store:
         else:
             self.path = sqlite_path(url)
             self.label = str(self.path)
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                private_sqlite_file(self.path)
+            except OSError as error:
+                raise ConfigError(f"store {self.path}: cannot create ({error.strerror or error})") from None
             try:
                 connection = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             except sqlite3.Error as error:
@@ -340,6 +391,7 @@ class Store:
     # --- writes -------------------------------------------------------------------------
     def create_source(self, kind: str, uri: str, name: str, status: str, **fields: Any) -> int:
         now = time.time()
+        uri, name = redact_url(uri), redact_url(name)
         columns = {"kind": kind, "uri": uri, "name": name, "status": status, "created_at": now,
                    "updated_at": now, **self._encode_fields(fields)}
         cursor = self.db.execute(
@@ -350,7 +402,8 @@ class Store:
 
     @staticmethod
     def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
-        return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in fields.items()}
+        """Column values: lists and dicts as JSON; every text without credentials."""
+        return {k: _redacted(json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
 
     def update_source(self, source_id: int, **fields: Any) -> None:
         fields = {**self._encode_fields(fields), "updated_at": time.time()}
@@ -407,18 +460,19 @@ class Store:
             for table in ("faces", "tracks", "segments"):
                 db.execute(f"DELETE FROM {table} WHERE source_id = ?", (source_id,))
             db.execute("UPDATE sources SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
-                       (error, time.time(), source_id))
+                       (redact_url(error), time.time(), source_id))
 
     def add_event(self, source_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None,
                   at: float | None = None) -> int:
         cursor = self.db.execute(
             "INSERT INTO events (source_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?) RETURNING id",
-            (source_id, time.time() if at is None else at, kind, message, json.dumps(data or {})),
+            (source_id, time.time() if at is None else at, kind, redact_url(message), redact_url(json.dumps(data or {}))),
         )
         return int(cursor.fetchall()[0][0])
 
     def open_camera(self, uri: str, name: str, **fields: Any) -> int:
         """The camera's source row, reused across runs so its timeline continues; status `connecting`."""
+        uri, name = redact_url(uri), redact_url(name)
         row = self.db.execute("SELECT id FROM sources WHERE kind = 'camera' AND uri = ? ORDER BY id DESC LIMIT 1",
                               (uri,)).fetchone()
         if row is None:
@@ -433,7 +487,7 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE sources SET status = ?, updated_at = ? WHERE id = ?", (status, at, source_id))
             db.execute("INSERT INTO events (source_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
-                       (source_id, at, f"camera-{status}", message, json.dumps(data or {})))
+                       (source_id, at, f"camera-{status}", redact_url(message), redact_url(json.dumps(data or {}))))
 
     def delete_before(self, cutoff: float) -> dict[str, int]:
         """Retention: camera face rows captured before `cutoff` (Unix time), tracks left with no

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from core.config import DetectorConfig
-from core.messages import Faces, Frame, Message, StatusEvent
-from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
-from core.runtime import StageIO
+from core.messages import Faces, Frame, Message, header
+from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, CropGeometry, face_input
+from core.runtime import StageIO, running
 from detector.backends import FaceDetector, make_detector
 
 logger = logging.getLogger(__name__)
@@ -22,10 +22,8 @@ def detect_faces(detector: FaceDetector, frame: Frame, geometry: CropGeometry) -
     """Boxes in source pixels and crops from the frame, through the shared preprocessing."""
     boxes, scores = detector.detect(frame.image)
     crops = np.stack([face_input(frame.image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
-        if len(boxes) else np.zeros((0, 48, 48), np.uint8)
-    return Faces(stream=frame.stream, seq=frame.seq, source_time=frame.source_time,
-                 capture_time=frame.capture_time, frame_index=frame.frame_index,
-                 boxes=(boxes * frame.scale).astype(np.float32), scores=scores, crops=crops)
+        if len(boxes) else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
+    return Faces(**header(frame), frame_index=frame.frame_index, boxes=(boxes * frame.scale).astype(np.float32), scores=scores, crops=crops)
 
 
 def handle(message: Message, detector: FaceDetector, geometry: CropGeometry, io: StageIO) -> Message:
@@ -36,8 +34,7 @@ def handle(message: Message, detector: FaceDetector, geometry: CropGeometry, io:
     except (cv2.error, ValueError) as error:
         io.counters.errors += 1
         logger.warning("%s frame %d: detection failed (%s)", message.stream, message.frame_index, error)
-        return Faces(stream=message.stream, seq=message.seq, source_time=message.source_time,
-                     capture_time=message.capture_time, frame_index=message.frame_index, error=str(error))
+        return Faces(**header(message), frame_index=message.frame_index, error=str(error))
 
 
 def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
@@ -47,9 +44,7 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:
         geometry = CropGeometry(config.margin, geometry.shift_y)
-    io = StageIO.from_config("detector", config)
-    try:
-        io.report(StatusEvent.READY, detector=config.detector)
+    with running(StageIO.from_config("detector", config), ready={"detector": config.detector}) as io:
         while not stop.is_set():
             message = io.receive()
             if message is None:
@@ -59,7 +54,4 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
                 continue
             if not io.send(handle(message, detector, geometry, io), stop):
                 break
-        return 0
-    finally:
-        io.report(StatusEvent.STOPPED, **io.counters.as_dict())
-        io.close()
+    return 0

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from core.config import AnalyseConfig, default_store_url
-from core.errors import DataError, EmojimationError
-from core.model_io import ModelInfo, default_pipeline_model, metadata_path
-from emojimation.results import Results, collect, write
+from core.config import AggregatorConfig, AnalyseConfig, ClassifierConfig, DetectorConfig, IngestConfig, default_store_url
+from core.errors import DataError
+from core.messages import Status, StatusEvent
+from core.model_io import ModelInfo, default_model, metadata_path
 from core.store import Store
-from emojimation.supervisor import FileRun, PipelineError, Supervisor
+from emojimation.results import Results, collect, write
+from emojimation.supervisor import PipelineError, Supervisor, describe_death
+from emojimation.topology import Topology, boot
 from ingest.media import MediaInfo, expected_frames, probe, sampling_ratio
 
 logger = logging.getLogger(__name__)
@@ -48,8 +50,109 @@ def _frames_to_analyse(info: MediaInfo, config: AnalyseConfig) -> int:
     return expected_frames(info.frames, None if config.every_frame else sampling_ratio(info.fps, config.fps))
 
 
+INGEST = "ingest"  # a file run's one ingest process
+
+
+@dataclass
+class StreamResult:
+    index: int
+    path: str
+    status: str = "pending"  # pending | started | done | failed
+    source_id: int | None = None
+    expected_frames: int = 0
+    frames_analysed: int = 0
+    error: str = ""
+
+
+@dataclass
+class FileRun:
+    """One `analyse` run over files: the stage processes, results per input, progress."""
+
+    supervisor: Supervisor
+    inputs: list[str]
+    topology: Topology
+    on_progress: Callable[[int], None] = lambda frames: None
+    results: list[StreamResult] = field(default_factory=list)
+    by_stream: dict[str, StreamResult] = field(default_factory=dict)
+    ingest_done: bool = False
+    last_progress: float = 0.0
+
+    def start(self) -> None:
+        self.results = [StreamResult(i, path) for i, path in enumerate(self.inputs)]
+        # Ingest starts at once too: it decodes and queues frames (blocking at the high-water
+        # mark) while the classifier is still loading its model, instead of after it.
+        boot(self.supervisor, self.topology)
+
+    def _apply(self, report: Status) -> None:
+        """Fold one status report into the run's state."""
+        if report.event != "progress":
+            self.last_progress = time.monotonic()
+        if report.event == StatusEvent.FINISHED and report.stage == "ingest":
+            self.ingest_done = True
+        result = self.by_stream.get(report.stream)
+        if result is None:
+            return
+        if report.event == StatusEvent.INPUT_STARTED:
+            result.expected_frames = int(report.detail.get("expected_frames", 0))
+            if result.status == "pending":  # the aggregator's "done" may arrive first
+                result.status = "started"
+        elif report.event == StatusEvent.INPUT_FAILED:
+            result.status, result.error = "failed", report.detail.get("error", "failed")
+        elif report.event in (StatusEvent.PROGRESS, StatusEvent.DONE):
+            advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
+            result.frames_analysed += advanced
+            result.source_id = report.detail.get("source_id", result.source_id)
+            if advanced:
+                self.last_progress = time.monotonic()
+                self.on_progress(advanced)
+            if report.event == StatusEvent.DONE:
+                result.status = "done"
+        elif report.event == StatusEvent.FAILED:
+            result.status, result.error = "failed", report.detail.get("error", "failed")
+            result.source_id = report.detail.get("source_id", result.source_id)
+
+    def wait(self, stall_timeout_s: float = 60.0) -> list[StreamResult]:
+        self.by_stream = {f"in/{r.index}": r for r in self.results}
+        self.ingest_done = False
+        self.last_progress = time.monotonic()
+        ingest = next(c for c in self.supervisor.children if c.name == INGEST)
+        while True:
+            for report in self.supervisor.statuses(200):
+                self._apply(report)
+            if self.ingest_done and all(r.status in ("done", "failed") for r in self.results):
+                return self.results
+            dead = self.supervisor.dead_child(ignore={INGEST})
+            if dead is not None:
+                raise PipelineError(describe_death(dead))
+            if ingest.process.poll() is not None and not self.ingest_done:
+                for report in self.supervisor.statuses(500):  # it reports "finished" just before exiting
+                    self._apply(report)
+                if not self.ingest_done:
+                    raise PipelineError(describe_death(ingest))
+            if time.monotonic() - self.last_progress > stall_timeout_s:
+                raise PipelineError(f"no progress for {stall_timeout_s:.0f} s; the pipeline is stuck")
+
+
+def file_topology(config: AnalyseConfig, paths: list[str]) -> Topology:
+    """The pipeline `analyse` runs: one ingest streaming every input, detector and classifier
+    workers, one aggregator writing to the store."""
+    return Topology(
+        ingests={INGEST: IngestConfig(inputs=paths, fps=config.fps, every_frame=config.every_frame,
+                                      max_side=config.max_side, stream_prefix="in")},
+        detector=DetectorConfig(detector=config.detector), detectors=config.detector_workers,
+        classifier=ClassifierConfig(model=config.model), classifiers=config.workers,
+        aggregator=AggregatorConfig(store=config.store or default_store_url(), thumbnails=config.thumbnails,
+                                    model_name=model_name(config.model)),
+    )
+
+
+def model_name(model: str) -> str:
+    """The name the store records for the model that classified (the shipped one when empty)."""
+    return model_summary(model)["name"]
+
+
 def model_summary(model: str) -> dict[str, Any]:
-    path = Path(model) if model else default_pipeline_model()
+    path = Path(model) if model else default_model()
     info = ModelInfo.load(metadata_path(path))
     return {"path": str(path), "name": info.extra.get("name", path.stem), "temperature": info.temperature,
             "flip_tta": info.flip_tta, "labels": info.labels}
@@ -61,11 +164,11 @@ def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: 
     from tqdm import tqdm
 
     total = sum(_frames_to_analyse(info, config) for info in inputs)
-    options = {**dataclasses.asdict(config), "store": config.store or default_store_url()}
+    paths = [info.path for info in inputs]
     bar = tqdm(total=total, unit="frame", desc="analysing", disable=not show_progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     with Supervisor(transport=config.transport) as supervisor:
-        run = FileRun(supervisor, [info.path for info in inputs], options, on_progress=bar.update)
+        run = FileRun(supervisor, paths, file_topology(config, paths), on_progress=bar.update)
         try:
             run.start()
             results = run.wait(config.stall_timeout_s)

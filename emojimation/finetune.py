@@ -95,7 +95,8 @@ def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: 
     The file's name carries every input of the crops; the data enters as a hash of the decoded
     faces and labels, so an edited data folder gets new crops.
     """
-    from training.data import cache_dir, load_faces
+    from core.config import cache_dir
+    from training.data import load_faces
     from training.detector_crops import save_pairs
 
     faces = load_faces(data, split, require_all=True)

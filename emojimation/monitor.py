@@ -20,8 +20,6 @@ import signal
 import sys
 import threading
 import time
-import tomllib
-import typing
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,26 +28,20 @@ from typing import Any
 import zmq
 
 from core import config as cfg
-from core.config import MonitorConfig, default_store_url
+from core.config import (
+    AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
+)
 from core.errors import ConfigError
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
 from core.runtime import redact
-from emojimation.supervisor import Child, Supervisor, describe_death, stage_args
+from emojimation.analysis import model_name
+from emojimation.supervisor import Supervisor, describe_death
+from emojimation.topology import SharedLinks, Topology, boot
 
 logger = logging.getLogger("emojimation.monitor")
 
-CAMERA_KEYS = {"name": str, "url": str, "fps": float, "loop": bool, "rtsp_transport": str}
 RESTART_LIMIT = 5  # restarts of one stage within RESTART_WINDOW_S before the monitor gives up
 RESTART_WINDOW_S = 60.0
-
-
-@dataclass
-class Camera:
-    name: str
-    url: str
-    fps: float | None = None
-    loop: bool | None = None
-    rtsp_transport: str | None = None
 
 
 @dataclass
@@ -57,39 +49,8 @@ class MonitorPlan:
     """Everything `monitor` needs, validated: settings, cameras and alert rules."""
 
     config: MonitorConfig
-    cameras: list[Camera]
+    cameras: list[cfg.Camera]
     alert_rules: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-    """A TOML or YAML file (by suffix) as a dict; ConfigError with one line if unreadable."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
-    try:
-        if file.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = tomllib.loads(text)
-    except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError: a one-line reason either way
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path}: not valid {'YAML' if file.suffix.lower() in ('.yaml', '.yml') else 'TOML'} "
-                          f"({first})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected tables [monitor], [[cameras]], [[alerts]] at the top level")
-    return data
-
-
-def parse_source(text: str, index: int) -> Camera:
-    """`NAME=URL` or a bare URL (named by its credential-free URL)."""
-    name, sep, url = text.partition("=")
-    if sep and "://" not in name and "/" not in name and name:
-        return Camera(name=name.strip(), url=url.strip())
-    return Camera(name=redact(text.strip()), url=text.strip())
 
 
 def source_problem(url: str) -> str:
@@ -107,80 +68,16 @@ def source_problem(url: str) -> str:
     return "" if Path(text).is_file() else f"{redact(text)}: no such file (and not a URL or webcam)"
 
 
-def _check_monitor_table(table: Any, where: str, problems: list[str]) -> dict[str, Any]:
-    hints = typing.get_type_hints(MonitorConfig)
-    names = {f.name for f in dataclasses.fields(MonitorConfig)} - {"sources"}
-    values: dict[str, Any] = {}
-    if not isinstance(table, dict):
-        problems.append(f"{where}: [monitor] must be a table")
-        return values
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            problems.append(f"{where}: [monitor] unknown setting {key!r}")
-            continue
-        try:
-            values[name] = cfg._coerce(f"monitor.{key}", value, hints[name])
-        except ConfigError as error:
-            problems.append(f"{where}: {error}")
-    return values
-
-
-def _check_cameras(items: Any, where: str, problems: list[str]) -> list[Camera]:
-    cameras: list[Camera] = []
-    if not isinstance(items, list):
-        problems.append(f"{where}: cameras must be a list of tables ([[cameras]] with name and url)")
-        return cameras
-    for index, item in enumerate(items):
-        label = f"{where}: cameras[{index}]"
-        if not isinstance(item, dict):
-            problems.append(f"{label}: expected a table with name and url")
-            continue
-        ok = True
-        for key, value in item.items():
-            kind = CAMERA_KEYS.get(key)
-            if kind is None:
-                problems.append(f"{label}: unknown key {key!r} (allowed: {', '.join(CAMERA_KEYS)})")
-                ok = False
-            elif not (isinstance(value, kind) or kind is float and isinstance(value, int)) or \
-                    isinstance(value, bool) and kind is not bool:
-                problems.append(f"{label}.{key}: {value!r} is not a valid {kind.__name__}")
-                ok = False
-        if not isinstance(item.get("url"), str) or not item.get("url"):
-            problems.append(f"{label}: missing 'url'")
-            ok = False
-        if item.get("rtsp_transport") not in (None, "tcp", "udp"):
-            problems.append(f"{label}.rtsp_transport: choose tcp or udp")
-            ok = False
-        if ok:
-            camera = parse_source(item["url"], index)
-            cameras.append(Camera(name=item.get("name") or camera.name, url=item["url"],
-                                  fps=float(item["fps"]) if "fps" in item else None, loop=item.get("loop"),
-                                  rtsp_transport=item.get("rtsp_transport")))
-    return cameras
-
-
 def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],
          environ: dict[str, str] | None = None) -> tuple[MonitorPlan | None, list[str]]:
     """Validate everything; returns the plan, or None and one message per problem."""
-    from aggregator.alerts import parse_rules
-
-    problems: list[str] = []
-    data: dict[str, Any] = {}
+    file, problems = cfg.MonitorFile(), []
     if config_file:
         try:
-            data = read_config_file(config_file)
+            file, problems = cfg.read_monitor_file(config_file)
         except ConfigError as error:
             return None, [str(error)]
-    where = config_file or "config"
-    for key in data:
-        if key not in ("monitor", "cameras", "alerts"):
-            problems.append(f"{where}: unknown table {key!r} (allowed: monitor, cameras, alerts)")
-    file_values = _check_monitor_table(data.get("monitor", {}), where, problems)
-    cameras = _check_cameras(data.get("cameras", []), where, problems)
-    _rules, rule_problems = parse_rules(data.get("alerts", []), f"{where}: alerts")
-    problems += rule_problems
-    cameras += [parse_source(text, i) for i, text in enumerate(sources)]
+    cameras = file.cameras + [cfg.parse_camera(text) for text in sources]
     for camera in cameras:
         problem = source_problem(camera.url)
         if problem:
@@ -190,7 +87,7 @@ def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],
         problems.append(f"camera name {name!r} is used twice; name cameras with NAME=URL")
     config = None
     try:
-        config = cfg.load(MonitorConfig, "monitor", None, {**overrides}, environ=environ, file_values=file_values)
+        config = cfg.load(MonitorConfig, "monitor", None, {**overrides}, environ=environ, file_values=file.settings)
     except ConfigError as error:
         problems.append(str(error))
     if config is not None and not cameras:
@@ -201,7 +98,7 @@ def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],
         problems.append("--stages ingest needs --push ADDR (where the camera frames go)")
     if problems or config is None:
         return None, problems
-    return MonitorPlan(config, cameras, data.get("alerts", [])), []
+    return MonitorPlan(config, cameras, [dataclasses.asdict(rule) for rule in file.alerts]), []
 
 
 def check_config_command(path: str) -> int:
@@ -240,57 +137,49 @@ class Monitor:
         self.restarts: dict[str, deque] = {}
         self.ready: set[str] = set()
         self.preview: Preview | None = None
+        self.preview_addresses: list[str] = []
+        self.results_address = ""
 
-    def _shared(self) -> dict[str, Any]:
-        """Settings every stage gets. Each gets its own metrics port (flags beat the inherited
-        EMOJIMATION_* environment, so children never all bind the monitor's port)."""
+    def topology(self) -> Topology:
+        """The monitor's pipeline: one ingest per camera, shared detectors and classifiers, one
+        aggregator; with `--stages ingest`, the camera ingests alone, pushing to `push`."""
         settings = self.config
-        port = settings.metrics_port + len(self.supervisor.children) if settings.metrics_port else 0
-        return {"curve_dir": settings.curve_dir, "metrics_port": port, "metrics_host": settings.metrics_host,
-                "log_format": settings.log_format, "log_level": "INFO"}
+        local = settings.stages == "all"
+        ingests = {}
+        for i, camera in enumerate(self.plan.cameras):
+            ingests[f"camera-{i}"] = IngestConfig(
+                camera=camera.url, name=camera.name, fps=camera.fps or settings.fps,
+                loop=camera.loop if camera.loop is not None else settings.loop,
+                rtsp_transport=camera.rtsp_transport or settings.rtsp_transport, stall_s=settings.stall_s,
+                backoff_max_s=settings.backoff_max_s, max_side=settings.max_side, stream_prefix=f"cam{i}",
+                preview_bind=self.preview_addresses[i] if self.preview_addresses else "",
+                push=[] if local else [settings.push])
+        shared = SharedLinks(curve_dir=settings.curve_dir, metrics_port=settings.metrics_port,
+                             metrics_host=settings.metrics_host, log_format=settings.log_format)
+        if not local:
+            return Topology(ingests=ingests, shared=shared)
+        return Topology(
+            ingests=ingests, shared=shared,
+            detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s),
+            detectors=settings.detector_workers,
+            classifier=ClassifierConfig(model=settings.model), classifiers=settings.workers,
+            aggregator=AggregatorConfig(
+                store=settings.store or default_store_url(), model_name=model_name(settings.model),
+                alert_rules=json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
+                retention_days=settings.retention_days, results_bind=self.results_address))
 
     def start(self) -> None:
         settings = self.config
         sup = self.supervisor
-        local = settings.stages == "all"
-        camera_addresses = [sup.address(f"camera-{i}") for i in range(len(self.plan.cameras))]
-        preview_addresses = [sup.address(f"preview-{i}") for i in range(len(self.plan.cameras))] \
-            if settings.preview else []
-        results_address = sup.address("results") if settings.preview and local else ""
-        if local:
-            detectors = [sup.address(f"detector-{i}") for i in range(settings.detector_workers)]
-            classifiers = [sup.address(f"classifier-{i}") for i in range(settings.workers)]
-            # The store URL goes by environment, not argv: `ps` shows argv to every user.
-            sup.spawn("aggregator", stage_args("aggregator", classifiers, "", sup.status_address, {
-                "alert_rules": json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
-                "retention_days": settings.retention_days, "results_bind": results_address, **self._shared()}),
-                env={"EMOJIMATION_STORE": settings.store or default_store_url()}, inherit_output=True)
-            for i, address in enumerate(classifiers):
-                sup.spawn(f"classifier-{i}", stage_args("classifier", detectors, address, sup.status_address,
-                                                        {"model": settings.model, **self._shared()}),
-                          inherit_output=True)
-            for i, address in enumerate(detectors):
-                sup.spawn(f"detector-{i}", stage_args("detector", camera_addresses, address, sup.status_address,
-                                                      {"detector": settings.detector, "max_age_s": settings.max_age_s,
-                                                       **self._shared()}), inherit_output=True)
-        for i, camera in enumerate(self.plan.cameras):
-            options = {"name": camera.name, "fps": camera.fps or settings.fps,
-                       "loop": camera.loop if camera.loop is not None else settings.loop,
-                       "rtsp_transport": camera.rtsp_transport or settings.rtsp_transport,
-                       "stall_s": settings.stall_s, "backoff_max_s": settings.backoff_max_s, "max_side": settings.max_side,
-                       "stream_prefix": f"cam{i}", **self._shared(),
-                       "preview_bind": preview_addresses[i] if preview_addresses else ""}
-            if not local:
-                options["push"] = [settings.push]
-            # The URL goes by environment, not argv: `ps` shows argv to every user, and URLs hold passwords.
-            sup.spawn(f"camera-{i}", stage_args("ingest", [], camera_addresses[i] if local else "",
-                                                sup.status_address, options),
-                      env={"EMOJIMATION_CAMERA": camera.url}, inherit_output=True)
+        if settings.preview:
+            self.preview_addresses = [sup.address(f"preview-{i}") for i in range(len(self.plan.cameras))]
+            self.results_address = sup.address("results") if settings.stages == "all" else ""
+        boot(sup, self.topology(), inherit_output=True, log_level="INFO")
         if settings.metrics_port:
             logger.info("metrics: %s", ", ".join(f"{c.name} on :{settings.metrics_port + i}"
                                                   for i, c in enumerate(sup.children)))
         if settings.preview:
-            self.preview = Preview(sup.context, preview_addresses, results_address,
+            self.preview = Preview(sup.context, self.preview_addresses, self.results_address,
                                    {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)})
 
     def expected_ready(self) -> set[str]:

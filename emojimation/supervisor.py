@@ -1,7 +1,7 @@
 """Starts the stage processes, watches them, and reports progress and results.
 
-Each stage is a separate OS process (`python -m emojimation <stage> ...`) joined by
-ZeroMQ. Every stage binds its output and connects to its upstreams' outputs, and all
+Each stage is a separate OS process (`python -m <stage> ...`, started from its typed config by
+`spawn`; emojimation.topology says which) joined by ZeroMQ. Every stage binds its output and connects to its upstreams' outputs, and all
 report to the supervisor's status socket. A stage that dies or a pipeline that stalls ends
 the run with a one-line error within seconds; every child is gone when `stop()` returns.
 """
@@ -20,12 +20,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
-from core.errors import EmojimationError, redact_url
-from core.messages import MessageError, Status, StatusEvent, decode
+from core.errors import EmojimationError
+from core.messages import MessageError, Status, decode
+from core.process import stage_command
 
 logger = logging.getLogger(__name__)
 
@@ -61,25 +62,6 @@ class Child:
         return (errors or lines or [""])[-1].strip()[:300]
 
 
-@dataclass
-class StreamResult:
-    index: int
-    path: str
-    status: str = "pending"  # pending | started | done | failed
-    source_id: int | None = None
-    expected_frames: int = 0
-    frames_analysed: int = 0
-    error: str = ""
-
-
-@dataclass
-class Addresses:
-    ingest: str
-    detectors: list[str]
-    classifiers: list[str]
-    status: str
-
-
 class Supervisor:
     """Runs one set of stage processes; use as a context manager so children never leak."""
 
@@ -104,24 +86,17 @@ class Supervisor:
             return free_tcp_address()
         return f"ipc://{self.work_dir / name}.sock"
 
-    def addresses(self, detectors: int, classifiers: int) -> Addresses:
-        return Addresses(
-            ingest=self.address("ingest"),
-            detectors=[self.address(f"detector-{i}") for i in range(detectors)],
-            classifiers=[self.address(f"classifier-{i}") for i in range(classifiers)],
-            status=self.status_address,
-        )
-
-    def spawn(self, name: str, stage_args: list[str], env: dict[str, str] | None = None,
-              inherit_output: bool = False) -> Child:
-        """Start a stage process. Its log goes to a file in the work folder (read back for
-        error messages), or with `inherit_output` to this process's stderr (long-running
-        commands, where the operator reads the stages' logs)."""
-        child = Child(name, [sys.executable, "-m", "emojimation", *stage_args], env=env or {},
-                      inherit_output=inherit_output)
+    def spawn(self, name: str, module: str, config: Any, inherit_output: bool = False,
+              log_level: str = "WARNING") -> Child:
+        """Start `python -m module` with `config` (secrets go by environment: core.process).
+        Its log goes to a file in the work folder (read back for error messages), or with
+        `inherit_output` to this process's stderr (long-running commands, where the operator
+        reads the stages' logs)."""
+        argv, env = stage_command(module, config)
+        child = Child(name, [sys.executable, *argv, "--log-level", log_level], env=env, inherit_output=inherit_output)
         self._start(child)
         self.children.append(child)
-        logger.debug("started %s (pid %d): %s", name, child.process.pid, redact_url(" ".join(stage_args)))
+        logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(argv))
         return child
 
     def _start(self, child: Child) -> None:
@@ -219,107 +194,3 @@ def describe_death(child: Child) -> str:
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     detail = child.last_log_line()
     return f"{child.name} stopped unexpectedly ({how})" + (f": {detail}" if detail else "")
-
-
-def stage_args(stage: str, connect: list[str], bind: str, status: str, extra: dict[str, Any]) -> list[str]:
-    """CLI arguments that start `stage` with these addresses and options."""
-    args = [stage]
-    for address in connect:
-        args += ["--connect", address]
-    if bind:
-        args += ["--bind", bind]
-    args += ["--status", status]
-    for key, value in extra.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                args.append(flag)
-        elif isinstance(value, list):
-            args += [flag, *map(str, value)] if value else []
-        elif value not in (None, ""):
-            args += [flag, str(value)]
-    return args
-
-
-@dataclass
-class FileRun:
-    """One `analyse` run over files: the stage processes, results per input, progress."""
-
-    supervisor: Supervisor
-    inputs: list[str]
-    options: dict[str, Any]
-    on_progress: Callable[[int], None] = lambda frames: None
-    results: list[StreamResult] = field(default_factory=list)
-    by_stream: dict[str, StreamResult] = field(default_factory=dict)
-    ingest_done: bool = False
-    last_progress: float = 0.0
-
-    def start(self) -> None:
-        opts = self.options
-        links = self.supervisor.addresses(opts["detector_workers"], opts["workers"])
-        self.results = [StreamResult(i, path) for i, path in enumerate(self.inputs)]
-        spawn = self.supervisor.spawn
-        spawn("aggregator", stage_args("aggregator", links.classifiers, "", links.status,
-                                       {"thumbnails": opts["thumbnails"]}),
-              env={"EMOJIMATION_STORE": opts["store"]} if opts["store"] else None)  # not argv: URLs hold passwords
-        for i, address in enumerate(links.classifiers):
-            spawn(f"classifier-{i}", stage_args("classifier", links.detectors, address, links.status,
-                                                {"model": opts["model"], "threads": opts.get("classifier_threads", 1)}))
-        for i, address in enumerate(links.detectors):
-            spawn(f"detector-{i}", stage_args("detector", [links.ingest], address, links.status,
-                                              {"detector": opts["detector"]}))
-        # Ingest starts at once too: it decodes and queues frames (blocking at the high-water
-        # mark) while the classifier is still loading TensorFlow, instead of after it.
-        fps_args = {"every_frame": True} if opts["every_frame"] else {"fps": opts["fps"]}
-        spawn("ingest", stage_args("ingest", [], links.ingest, links.status,
-                                   {**fps_args, "max_side": opts["max_side"], "stream_prefix": "in",
-                                    "inputs": self.inputs}))
-
-    def _apply(self, report: Status) -> None:
-        """Fold one status report into the run's state."""
-        if report.event != "progress":
-            self.last_progress = time.monotonic()
-        if report.event == StatusEvent.FINISHED and report.stage == "ingest":
-            self.ingest_done = True
-        result = self.by_stream.get(report.stream)
-        if result is None:
-            return
-        if report.event == StatusEvent.INPUT_STARTED:
-            result.expected_frames = int(report.detail.get("expected_frames", 0))
-            if result.status == "pending":  # the aggregator's "done" may arrive first
-                result.status = "started"
-        elif report.event == StatusEvent.INPUT_FAILED:
-            result.status, result.error = "failed", report.detail.get("error", "failed")
-        elif report.event in (StatusEvent.PROGRESS, StatusEvent.DONE):
-            advanced = int(report.detail.get("frames_analysed", 0)) - result.frames_analysed
-            result.frames_analysed += advanced
-            result.source_id = report.detail.get("source_id", result.source_id)
-            if advanced:
-                self.last_progress = time.monotonic()
-                self.on_progress(advanced)
-            if report.event == StatusEvent.DONE:
-                result.status = "done"
-        elif report.event == StatusEvent.FAILED:
-            result.status, result.error = "failed", report.detail.get("error", "failed")
-            result.source_id = report.detail.get("source_id", result.source_id)
-
-    def wait(self, stall_timeout_s: float = 60.0) -> list[StreamResult]:
-        self.by_stream = {f"in/{r.index}": r for r in self.results}
-        self.ingest_done = False
-        self.last_progress = time.monotonic()
-        ingest = next(c for c in self.supervisor.children if c.name == "ingest")
-        while True:
-            for report in self.supervisor.statuses(200):
-                self._apply(report)
-            if self.ingest_done and all(r.status in ("done", "failed") for r in self.results):
-                return self.results
-            dead = self.supervisor.dead_child(ignore={"ingest"})
-            if dead is not None:
-                raise PipelineError(describe_death(dead))
-            if ingest.process.poll() is not None and not self.ingest_done:
-                for report in self.supervisor.statuses(500):  # it reports "finished" just before exiting
-                    self._apply(report)
-                if not self.ingest_done:
-                    raise PipelineError(describe_death(ingest))
-            if time.monotonic() - self.last_progress > stall_timeout_s:
-                raise PipelineError(f"no progress for {stall_timeout_s:.0f} s; the pipeline is stuck")

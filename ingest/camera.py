@@ -32,7 +32,7 @@ import zmq
 
 from core.config import IngestConfig
 from core.errors import DataError
-from core.messages import End, Frame, Start, Status, StatusEvent, encode
+from core.messages import End, Frame, Start, Status, StatusEvent, encode, header
 from core.runtime import StageIO, redact
 
 logger = logging.getLogger(__name__)
@@ -299,8 +299,7 @@ class CameraIngest:
         if shrink > 1:
             image = cv2.resize(image, (int(image.shape[1] / shrink) // 2 * 2, int(image.shape[0] / shrink) // 2 * 2),
                                interpolation=cv2.INTER_AREA)
-        preview = Frame(stream=frame.stream, seq=frame.seq, source_time=frame.source_time,
-                        capture_time=frame.capture_time, frame_index=frame.frame_index,
+        preview = Frame(**header(frame), frame_index=frame.frame_index,
                         scale=frame.scale * frame.image.shape[1] / image.shape[1], image=image)
         try:
             self.preview.send_multipart(encode(preview), flags=zmq.NOBLOCK)

@@ -19,7 +19,7 @@ import numpy as np
 from core.config import IngestConfig
 from core.errors import DataError
 from core.messages import End, Frame, Start, StatusEvent
-from core.runtime import StageIO, redact
+from core.runtime import StageIO, redact, running
 from ingest.media import (
     MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
 )
@@ -142,7 +142,7 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
 
 
 def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
-    """Stream every input in order; exit code 0 if all succeeded, 1 otherwise."""
+    """Stream every input in order (or one camera until stopped); exit code 0 if all succeeded, 1 otherwise."""
     stop = stop or threading.Event()
     io = StageIO.from_config("ingest", config, inputs=False)
     if config.camera:
@@ -152,11 +152,9 @@ def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
             return run_camera(config, io, stop)
         finally:
             io.close()
-    try:
-        io.report(StatusEvent.READY)
+    results: list[bool] = []
+    with running(io, deliver=lambda: not stop.is_set()):
         results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop)
                    for i, path in enumerate(config.inputs)]
         io.report(StatusEvent.FINISHED, inputs=len(results), failed=results.count(False))
-        return 0 if all(results) else 1
-    finally:
-        io.close(deliver=not stop.is_set())
+    return 0 if all(results) else 1

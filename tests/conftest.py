@@ -68,3 +68,17 @@ def postgres_server():
         yield server.start()
     finally:
         server.stop()
+
+
+# --- processes a test starts (tests/helpers_processes.py) -------------------------------------
+@pytest.fixture
+def process_marker():
+    """A fresh marker for the environment of what the test starts; anything still carrying it
+    at the end of the test is killed, also when the test failed."""
+    from helpers_processes import ProcessMarker
+
+    marker = ProcessMarker()
+    try:
+        yield marker
+    finally:
+        marker.kill_all()

@@ -21,7 +21,7 @@ from dash.testing.wait import until
 
 from dashboard import ids
 from dashboard.app import create_app
-from dashboard.demo import write_synthetic_source
+from devtools.dashboard_demo import write_synthetic_source
 from core.emotions import EMOTIONS
 from core.store import FaceRow, Store
 

@@ -1,6 +1,6 @@
 """Dashboard without a browser: downsampling, the data module over a real store, ids, auth and CLI rules.
 
-The store here is filled through the Store's own write API (`dashboard.demo`), including the
+The store here is filled through the Store's own write API (`devtools.dashboard_demo`), including the
 issue's large case: one hour at 10 fps with 5 tracks, 180,000 face rows.
 """
 
@@ -18,7 +18,7 @@ from dashboard import ids
 from dashboard.auth import _offered, parse_credentials
 from dashboard.cli import bind_problem, is_loopback
 from dashboard.data import DashboardData, source_token
-from dashboard.demo import write_synthetic_source
+from devtools.dashboard_demo import write_synthetic_source
 from dashboard.downsample import MAX_POINTS_PER_TRACE, downsample
 from dashboard.figures import timeline_figure, uirevision_for
 from dashboard.jobs import AnalysisJobs, UploadError, analyse_command, safe_filename

@@ -27,7 +27,7 @@ from detector.backends import make_detector
 from emojimation.annotate import EMOTION_COLOURS_BGR
 from core.config import DEFAULT_DETECTOR
 from core.emotions import EMOTIONS
-from core.model_io import EmotionModel, default_pipeline_model
+from core.model_io import EmotionModel, default_model
 from core.store import Store
 from test_pipeline import emojimation_processes
 
@@ -62,7 +62,7 @@ def detectable_faces(emotion: str | None, count: int, seed: int = 5) -> list[np.
     detector = make_detector(DEFAULT_DETECTOR)
     faces = [face for face, _, _ in candidates]
     if emotion:
-        probs = EmotionModel(default_pipeline_model()).probabilities(np.stack(faces))
+        probs = EmotionModel(default_model()).probabilities(np.stack(faces))
         faces = [f for f, p in zip(faces, probs) if p[EMOTIONS.index(emotion)] >= 0.7]
     chosen = []
     for face in faces:

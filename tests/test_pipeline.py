@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +19,44 @@ import pytest
 from bench.agreement import pasted_overlap, segment_rows
 from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_shared_data, val_faces
 from core.emotions import EMOTIONS
-from core.model_io import EmotionModel, default_pipeline_model
+from core.model_io import EmotionModel, default_model
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
-from ingest.media import expected_frames, sampling_ratio
+from helpers_processes import ProcessMarker, stage_processes
 
 MEGAMIND = SHARED_DATA / "videos" / "megamind.avi"
 
 
 def analyse(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EMOJIMATION_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    """Run `emojimation analyse`; once it has exited, no process it started may be left (found by
+    the marker in their environment: stages, ffmpeg, whatever their command line)."""
+    marker = ProcessMarker()
+    try:
+        result = subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", *map(str, args)],
+                                capture_output=True, text=True, timeout=timeout,
+                                env=marker.env(EMOJIMATION_HOME=str(home)))
+    except subprocess.TimeoutExpired:
+        marker.kill_all()  # a hung run leaks nothing into the next test
+        raise
+    marker.assert_none_left(what="by `emojimation analyse`")
+    return result
 
 
-def ffprobe_frames(path: Path) -> tuple[int, float]:
-    """Independent frame count and rate (ffprobe decodes and counts every frame)."""
+def ffprobe_frames(path: Path) -> tuple[int, Fraction]:
+    """Independent frame count and rate: ffprobe decodes and counts every frame."""
     out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
                           "stream=nb_read_frames,avg_frame_rate", "-of", "json", str(path)],
                          capture_output=True, text=True, check=True).stdout
     stream = json.loads(out)["streams"][0]
-    num, den = map(int, stream["avg_frame_rate"].split("/"))
-    return int(stream["nb_read_frames"]), num / den
+    return int(stream["nb_read_frames"]), Fraction(stream["avg_frame_rate"])
 
 
-def emojimation_processes(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "-m emojimation" in line and "pgrep" not in line]
+def sampled_frames(total: int, rate: Fraction, fps: float) -> int:
+    """Frames `--fps fps` analyses out of `total` frames at `rate`, from the documented rule alone
+    (README: the first frame of each 1/fps time slot), in exact arithmetic: frame i is shown at
+    i / rate, so it lies in slot floor(i * fps / rate); each slot that holds a frame gives one."""
+    if Fraction(fps) >= rate:
+        return total
+    return len({i * Fraction(fps) / rate // 1 for i in range(total)})
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +84,8 @@ def test_megamind_end_to_end_outputs_and_json(tmp_path):
     assert summary == json.loads((out / "summary.json").read_text()) | {"elapsed_s": summary["elapsed_s"]}
     entry = summary["inputs"][0]
     total, fps = ffprobe_frames(MEGAMIND)
-    assert entry["kind"] == "video" and abs(entry["source_fps"] - fps) < 1e-3
-    assert entry["frames_analysed"] == expected_frames(total, sampling_ratio(fps, 10.0))
+    assert entry["kind"] == "video" and abs(entry["source_fps"] - float(fps)) < 1e-3
+    assert entry["frames_analysed"] == sampled_frames(total, fps, 10.0)
     assert entry["frames_with_faces"] >= 0.8 * entry["frames_analysed"]  # one face talks throughout
     detections = pd.read_csv(out / "detections.csv")
     assert list(detections.columns) == DETECTION_COLUMNS
@@ -79,7 +93,7 @@ def test_megamind_end_to_end_outputs_and_json(tmp_path):
     np.testing.assert_allclose(detections[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-4)
     assert (detections["emotion"] == detections[list(EMOTIONS)].idxmax(axis=1)).all()
     assert detections["frame"].max() < total and (detections["x"] + detections["w"] <= 720 + 1).all()
-    np.testing.assert_allclose(detections["time_s"], detections["frame"] / fps, atol=1e-6)
+    np.testing.assert_allclose(detections["time_s"], detections["frame"] / float(fps), atol=1e-6)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), detections, check_dtype=False)
     tracks = pd.read_csv(out / "tracks.csv")
     assert list(tracks.columns) == TRACK_COLUMNS
@@ -101,11 +115,10 @@ def test_frames_analysed_matches_independent_count(clips, tmp_path, workers):
                      home=tmp_path)
     assert result.returncode == 0, result.stderr
     entry = json.loads(result.stdout)["inputs"][0]
-    assert entry["frames_analysed"] == expected_frames(total, sampling_ratio(fps, 7.0))
+    assert entry["frames_analysed"] == sampled_frames(total, fps, 7.0)
     assert 0 < entry["frames_with_faces"] < entry["frames_analysed"]  # frames without faces count too
     detections = pd.read_csv(tmp_path / "out" / "detections.csv")
-    assert detections["frame"].is_monotonic_increasing
-    assert emojimation_processes(str(tmp_path)) == []
+    assert detections["frame"].is_monotonic_increasing  # (analyse() checked that no process is left)
 
 
 def test_every_frame_analyses_all_frames(clips, tmp_path):
@@ -131,7 +144,7 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
                      home=tmp_path)
     assert result.returncode == 0, result.stderr
     detections = pd.read_csv(tmp_path / "out" / "detections.csv")
-    model = EmotionModel(default_pipeline_model())  # the model the pipeline ran
+    model = EmotionModel(default_model())  # the model the pipeline ran
     schedule = clips["schedule"]
     expected = model.probabilities(np.stack([s.face for s in schedule])).argmax(axis=1)
     agree = found = 0
@@ -195,8 +208,7 @@ def test_bad_input_one_line_error_no_output(bad_inputs, tmp_path, case):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("emojimation: error: ") and str(path) in lines[0]
     assert "Traceback" not in result.stderr
-    assert not out.exists() or not any(out.iterdir())
-    assert emojimation_processes(str(tmp_path)) == []
+    assert not out.exists() or not any(out.iterdir())  # (analyse() checked that no process is left)
 
 
 def test_good_inputs_still_analysed_beside_bad_ones(bad_inputs, clips, tmp_path):
@@ -212,53 +224,75 @@ def test_good_inputs_still_analysed_beside_bad_ones(bad_inputs, clips, tmp_path)
     assert set(pd.read_csv(out / "detections.csv")["input"]) == {str(clips["gaps"])}
 
 
-def _children(pid: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def start_analyse(clip: Path, tmp_path: Path, marker: ProcessMarker) -> tuple[subprocess.Popen, str]:
+    """`emojimation analyse` on `clip`, every frame, into a store the test can watch."""
+    store = f"sqlite:///{tmp_path / 'run.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--every-frame",
+         "--detector", "haar", "--out", str(tmp_path / "out"), "--store", store],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marker.env(EMOJIMATION_HOME=str(tmp_path)))
+    return process, store
+
+
+def wait_until_frames_stored(process: subprocess.Popen, store: str, timeout_s: float = 180) -> None:
+    """The positive signal that every stage is up and working: analysed frames reach the store."""
+    from core.store import Store
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"analyse ended early: {process.communicate()[1][-2000:]}"
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append((int(entry.name), cmdline))
-    return found
+            with Store(store, migrate=False) as opened:
+                if opened.sources()["frames_analysed"].sum() > 0:
+                    return
+        except Exception:  # noqa: BLE001 - the aggregator has not created the schema yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no analysed frame stored within {timeout_s:.0f} s")
 
 
 @pytest.mark.parametrize("victim", ["detector", "classifier"])
-def test_killed_worker_fails_run_clearly_within_10s(clips, tmp_path, victim):
-    env = {**os.environ, "EMOJIMATION_HOME": str(tmp_path)}
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clips["faces"]), "--every-frame",
-         "--detector", "haar", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def test_killed_worker_fails_run_clearly(clips, tmp_path, victim, process_marker):
+    """A worker killed mid-run ends the run with one clear line, and takes nothing with it: every
+    other stage and ffmpeg are gone once analyse has exited. (How fast is not asserted here: the
+    deadline only catches a hang.)"""
+    process, store = start_analyse(clips["faces"], tmp_path, process_marker)
     try:
-        deadline = time.monotonic() + 120
-        target = None
-        while target is None and time.monotonic() < deadline:
-            children = _children(process.pid)
-            if any(" ingest " in cmd for _, cmd in children):  # all stages ready: the run is under way
-                target = next(pid for pid, cmd in children if f" {victim} " in cmd)
-            time.sleep(0.2)
-        assert target is not None, "pipeline never started"
-        time.sleep(1.0)
-        stage_pids = [pid for pid, _ in _children(process.pid)]
-        os.kill(target, signal.SIGKILL)
-        killed_at = time.monotonic()
-        _, stderr = process.communicate(timeout=30)
-        assert time.monotonic() - killed_at < 10
+        wait_until_frames_stored(process, store)
+        running = process_marker.processes()
+        victims = stage_processes(running, victim)
+        assert victims, f"no {victim} among {[str(p) for p in running]}"
+        assert any(p.comm == "ffmpeg" for p in running), "ingest's ffmpeg should be running mid-run"
+        os.kill(victims[0].pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
         assert process.returncode == 1
-        assert f"{victim}-0 stopped unexpectedly (killed by signal 9)" in stderr
+        assert re.search(rf"\b{victim}-\d+ stopped unexpectedly \(killed by signal 9\)", stderr), stderr
         assert "Traceback" not in stderr
-        assert not (out / "summary.json").exists()
-        time.sleep(0.5)
-        assert [pid for pid in stage_pids if Path(f"/proc/{pid}").exists()
-                and "(Z)" not in Path(f"/proc/{pid}/stat").read_text()] == []
+        assert not (tmp_path / "out" / "summary.json").exists()
+        process_marker.assert_none_left(what=f"after the {victim} was killed")
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
+
+
+def test_sigkill_of_the_parent_leaves_no_child(clips, tmp_path, process_marker):
+    """README: every child process ends when the run ends, including when the supervisor itself
+    is killed. SIGKILL cannot be caught: the stages must go by themselves, and ingest's ffmpeg
+    with them."""
+    process, store = start_analyse(clips["faces"], tmp_path, process_marker)
+    try:
+        wait_until_frames_stored(process, store)
+        running = process_marker.processes()
+        assert len([p for p in running if p.ppid == process.pid]) >= 4, [str(p) for p in running]  # the stages
+        assert any(p.comm == "ffmpeg" for p in running), [str(p) for p in running]
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(30) == -signal.SIGKILL
+        process_marker.assert_none_left(grace_s=30.0, what="after `analyse` was killed with SIGKILL")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_python_api_returns_dataframes_for_images(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.config import IMAGE_SUFFIXES
+from core.config import IMAGE_SUFFIXES, cache_dir
 from core.emotions import EMOTION_INDEX, EMOTIONS
 from core.errors import DataError
 from core.preprocess import INPUT_SIZE, face_input
@@ -46,10 +46,6 @@ class FaceSet:
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(EMOTIONS))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EMOJIMATION_CACHE", Path.home() / ".cache" / "emojimation"))
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from core.config import EvaluateConfig
 from core.emotions import EMOTIONS, NUM_EMOTIONS
 from core.errors import DataError
 from core.model_io import EmotionModel, softmax
@@ -116,12 +117,13 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     return result, ece_raw, ece, faces.source
 
 
-def evaluate_command(data: str, model_path: str | None, split: str | None, as_json: bool, tta: str,
-                     confusion_png: str | None, precision: str = "auto") -> int:
-    result, ece_raw, ece, source = evaluate(data, model_path, split, tta, precision)
-    png = Path(confusion_png or "confusion_matrix.png")
+def evaluate_command(config: EvaluateConfig) -> int:
+    """`emojimation evaluate`: the report (or `--json`) and the confusion matrix picture."""
+    result, ece_raw, ece, source = evaluate(config.data, config.model or None, config.split or None, config.tta,
+                                            config.precision)
+    png = Path(config.confusion_png)
     save_confusion_png(result, png, f"{Path(source).name}: accuracy {result['accuracy']:.3f}")
-    if as_json:
+    if config.json:
         print(json.dumps(result))
         print(f"confusion matrix picture: {png}", file=sys.stderr)
     else:

@@ -17,49 +17,18 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from core.config import PROJECT_ROOT, FinetuneConfig, TrainConfig
 from core.emotions import NUM_EMOTIONS
 from core.errors import DataError
 from core.model_io import (
-    DEFAULT_MODEL_PATH, PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path,
-    quiet_tensorflow, write_json_atomic,
+    ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow, write_json_atomic,
 )
-from training.train import (
-    DEFAULT_DATA, MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history,
-)
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tune run; `emojimation finetune` has a flag for each."""
-
-    pairs: Path | None = None  # the detector crops (default: made and cached by `emojimation finetune`)
-    detectors: list[str] = field(default_factory=lambda: ["haar", "blazeface"])  # whose crops to make
-    renders: int = 2  # frames per face, each cut by every detector
-    start: Path = DEFAULT_MODEL_PATH  # the trained model to fine-tune
-    data: Path = DEFAULT_DATA
-    split: str = "train"
-    # Not models/: the start model stays as it was. Ship a result by copying it (and its .json)
-    # into models/ and running `python -m training.export`.
-    out: Path = PROJECT_ROOT / "runs" / "finetune"
-    epochs: int = 3  # an epoch: every face once, each with one of its crops drawn at random
-    batch_size: int = 64  # faces per step (the step sees these and as many crops)
-    learning_rate: float = 1e-4  # peak; a short warm-up, then cosine decay
-    weight_decay: float = 0.02
-    label_smoothing: float = 0.1
-    # Weight of the symmetric KL between the face's and the crop's answers. Measured
-    # (models/README.md): 1 raised val accuracy and crop agreement; 2 and 5 agreed a little more
-    # on single crops but cost accuracy (fear recall most).
-    consistency: float = 1.0
-    class_weight_power: float = 0.3
-    seed: int = 0  # the crops' renders and the epochs' shuffles; the hold-out comes from the start model
-    restart: bool = False
-    precision: str = "auto"
-    threads: int | None = None
+from training.train import MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history
 
 
 def _portable(path: Path) -> str:
@@ -89,7 +58,6 @@ def holdout_split(labels: np.ndarray, start: Path) -> tuple[np.ndarray, np.ndarr
     reports the figures, so it is rebuilt from the start model's own `train_config`.
     """
     from training.data import stratified_holdout
-    from training.train import TrainConfig
 
     trained = ModelInfo.load(metadata_path(Path(start))).extra.get("train_config", {})
     if trained.get("limit"):

@@ -16,50 +16,21 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from core.config import TrainConfig, load
 from core.emotions import EMOTIONS, NUM_EMOTIONS
 from core.errors import DataError
 from core.model_io import (
-    PROJECT_ROOT, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
-    write_json_atomic,
+    ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow, write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "fer2013"
 MODEL_FILENAME = "emojimation_cnn.keras"
-
-
-@dataclass
-class TrainConfig:
-    data: Path = DEFAULT_DATA
-    split: str = "train"
-    out: Path = PROJECT_ROOT / "models"
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.02
-    label_smoothing: float = 0.1
-    warmup_epochs: int = 2
-    holdout_fraction: float = 0.05
-    class_weight_power: float = 0.3  # 0 = none, 1 = inverse frequency; mild keeps accuracy
-    # Ship the average of the last N epochs' weights (0/1 = the best single epoch instead).
-    # Measured on the shipped run (models/README.md): val accuracy with flip TTA 69.99 % for the
-    # last epoch alone, 69.99 % for the last 8 averaged, 70.24 % for the last 24.
-    average_last: int = 24
-    # Horizontal-flip test-time augmentation on by default: +1.0 point of val accuracy for
-    # twice the classifier compute, which is not the pipeline's bottleneck.
-    flip_tta: bool = True
-    width: int = 32
-    seed: int = 0
-    limit: int | None = None  # train on the first N faces of a shuffled subset (tests, smoke runs)
-    restart: bool = False  # ignore existing checkpoints and start over
-    precision: str = "auto"  # auto | bfloat16 | float32
-    threads: int | None = None
 
 
 def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
@@ -320,4 +291,4 @@ def trim_history(history_csv: Path, last_epoch: int) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - `emojimation train` is the entry point
     logging.basicConfig(level=logging.INFO)
-    sys.exit(0 if run(TrainConfig()) else 1)
+    sys.exit(0 if run(load(TrainConfig, "train")) else 1)

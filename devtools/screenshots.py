@@ -1,4 +1,4 @@
-"""Screenshots of every dashboard page for the docs: `python -m dashboard.screenshots [--out DIR]`.
+"""Screenshots of every dashboard page for the docs: `python -m devtools.screenshots [--out DIR]`.
 
 Builds a demo store (the real pipeline on the shared sample clip with thumbnails, a synthetic
 one-hour source, a live camera source still receiving rows, a few events), serves the app on a
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dashboard.demo import emotion_walk, write_demo_events, write_synthetic_source
+from devtools.dashboard_demo import emotion_walk, write_demo_events, write_synthetic_source
 from core.store import FaceRow, Store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
