@@ -3,7 +3,8 @@
 A rule fires once per episode: when a track's smoothed probability of the emotion has stayed
 at or above `min_prob` for `min_duration_s`; it re-arms when the probability falls below.
 Each firing becomes an event in the store and, if the rule has a webhook, a JSON POST sent
-from a background thread with retries (a slow receiver never holds up the pipeline).
+from a background thread with retries (a slow receiver never holds up the pipeline). The rules
+themselves are typed and checked with every other setting (core.config: AlertRule, parse_rules).
 """
 
 from __future__ import annotations
@@ -16,86 +17,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from core.config import AlertRule
 from core.emotions import EMOTIONS
-from core.errors import ConfigError
 from core.runtime import redact
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_ATTEMPTS = 4
 WEBHOOK_TIMEOUT_S = 5.0
-
-
-@dataclass
-class AlertRule:
-    name: str
-    emotion: str
-    min_prob: float = 0.7
-    min_duration_s: float = 3.0
-    webhook: str = ""
-    cameras: list[str] = field(default_factory=list)  # camera names; empty = every camera
-
-    def applies_to(self, camera: str) -> bool:
-        return not self.cameras or camera in self.cameras
-
-
-RULE_FIELDS = {"name": str, "emotion": str, "min_prob": float, "min_duration_s": float, "webhook": str,
-               "cameras": list}
-
-
-def parse_rules(items: list[Any], where: str = "alerts") -> tuple[list[AlertRule], list[str]]:
-    """Rules from config tables, plus one clear message per problem (nothing is silently ignored)."""
-    rules, problems = [], []
-    if not isinstance(items, list):
-        return [], [f"{where}: expected a list of tables ([[alerts]])"]
-    for index, item in enumerate(items):
-        label = f"{where}[{index}]"
-        if not isinstance(item, dict):
-            problems.append(f"{label}: expected a table with name, emotion, min_prob, min_duration_s")
-            continue
-        values: dict[str, Any] = {}
-        for key, value in item.items():
-            kind = RULE_FIELDS.get(key)
-            if kind is None:
-                problems.append(f"{label}: unknown key {key!r} (allowed: {', '.join(RULE_FIELDS)})")
-            elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                values[key] = float(value)
-            elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-                values[key] = value
-            elif kind is str and isinstance(value, str):
-                values[key] = value
-            else:
-                problems.append(f"{label}.{key}: {value!r} is not a valid {kind.__name__}")
-        for required in ("name", "emotion"):
-            if required not in item:
-                problems.append(f"{label}: missing {required!r}")
-        if values.get("emotion") is not None and values["emotion"] not in EMOTIONS:
-            problems.append(f"{label}.emotion: {values['emotion']!r} is not one of {', '.join(EMOTIONS)}")
-        if not 0.0 <= values.get("min_prob", 0.7) <= 1.0:
-            problems.append(f"{label}.min_prob: must be between 0 and 1")
-        if values.get("min_duration_s", 3.0) < 0:
-            problems.append(f"{label}.min_duration_s: must not be negative")
-        if values.get("webhook") and not values["webhook"].startswith(("http://", "https://")):
-            problems.append(f"{label}.webhook: must be an http:// or https:// URL")
-        if not problems and "name" in values and "emotion" in values:
-            rules.append(AlertRule(**values))
-    return rules, problems
-
-
-def rules_from_json(text: str) -> list[AlertRule]:
-    if not text:
-        return []
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"alert_rules: not valid JSON ({error})") from None
-    rules, problems = parse_rules(data)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return rules
 
 
 @dataclass

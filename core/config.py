@@ -188,6 +188,8 @@ class MonitorConfig:
     metrics_port: int = 0  # the first stage serves here, the next on +1, ... (the log says which is which)
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"
+    # A stage that sends no status report (stages beat every 2 s) for this long is hung: killed and restarted.
+    heartbeat_timeout_s: float = 10.0
 
 
 @dataclass

@@ -246,7 +246,37 @@ def decode(frames: list[bytes]) -> Message:
             raise MessageError(f"{cls.__name__}: unexpected field {name!r}")
         if not isinstance(value, expected[name]) or isinstance(value, bool) and bool not in expected[name]:
             raise MessageError(f"{cls.__name__}: field {name!r} has type {type(value).__name__}")
-    return cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
+    message = cls(stream=stream, seq=seq, source_time=source_time, capture_time=capture_time, **meta, **arrays)
+    problem = out_of_range(message)
+    if problem:
+        raise MessageError(f"{cls.__name__}: {problem}", reason="out-of-range")
+    return message
+
+
+def out_of_range(message: Message) -> str:
+    """Why a well-formed message carries impossible numbers ("" if it does not): NaN or
+    infinite times, boxes, scores or probabilities, negative sizes or sequence numbers.
+    Such values would poison tracks and the store (SQLite refuses NaN), so they are dropped
+    like malformed messages."""
+    if message.seq < 0:
+        return f"negative sequence number {message.seq}"
+    if not (math.isfinite(message.source_time) and math.isfinite(message.capture_time)):
+        return "time is not finite"
+    for name in message.ARRAYS:
+        array = getattr(message, name)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"{name} has values that are not finite"
+    if isinstance(message, Faces):
+        if len(message.boxes) and (message.boxes[:, 2:] < 0).any():
+            return "a box has a negative size"
+        if isinstance(message, Classified) and len(message.probs) and \
+                ((message.probs < 0).any() or (message.probs > 1).any()):
+            return "probabilities outside 0..1"
+    if isinstance(message, Frame) and not (math.isfinite(message.scale) and message.scale > 0):
+        return f"frame scale {message.scale} is not a positive number"
+    if isinstance(message, Start) and not (math.isfinite(message.source_fps) and message.source_fps >= 0):
+        return f"source fps {message.source_fps} is not a non-negative number"
+    return ""
 
 
 def peek_type(header: bytes) -> MessageType:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from core.config import DEFAULT_MODEL_PATH, PROJECT_ROOT  # the Keras weights: what training starts from
+from core.config import DEFAULT_MODEL_PATH, PRECISIONS, PROJECT_ROOT
 from core.emotions import EMOTIONS
 from core.errors import ModelError
 from core.preprocess import INPUT_SIZE
@@ -205,7 +205,7 @@ class EmotionModel:
             raise ModelError(f"{self.path}: model file not found")
         self.info = ModelInfo.load(metadata_path(self.path))
         self.flip_tta = self.info.flip_tta if flip_tta is None else flip_tta
-        if precision not in ("auto", "float32", "bfloat16"):
+        if precision not in PRECISIONS:
             raise ModelError(f"precision {precision!r}: use auto, float32 or bfloat16")
         if self.path.suffix == ".tflite":
             self.precision = "float32"

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(name)-24s %(levelname)-7s %(message)s"
 HIGH_WATER_MARK = 64  # messages queued per socket before a sender blocks (files) or drops (cameras)
+# A stage's loop reports it is alive this often; the supervisor restarts a stage silent for
+# much longer (MonitorConfig.heartbeat_timeout_s), so a hung process is noticed, not only a dead one.
+HEARTBEAT_EVERY_S = 2.0
 redact = redact_url  # credentials are never logged (core.errors)
 
 
@@ -132,6 +135,7 @@ class StageIO:
         self.output: zmq.Socket | None = None
         self.status: zmq.Socket | None = None
         self.security: LinkSecurity | None = None
+        self.last_beat = 0.0
         try:
             self.security = LinkSecurity(self.context, stage, curve_dir, on_refused=self.counters.reject)
             if connect or listen:
@@ -176,8 +180,18 @@ class StageIO:
         if isinstance(message, (Frame, Faces)):
             self.counters.frames_out += 1
 
+    def beat(self) -> None:
+        """Report that this stage's loop is alive, at most every HEARTBEAT_EVERY_S. Called from
+        the loop itself (every receive and send does), never from a thread of its own: a loop
+        blocked on a database or a deadlock then goes silent and is restarted."""
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_EVERY_S:
+            self.last_beat = now
+            self.report(StatusEvent.HEARTBEAT)
+
     def receive(self, timeout_ms: int = 200) -> Message | None:
         """The next valid message, or None on timeout; malformed input is counted and dropped."""
+        self.beat()
         if self.input is None or not self.input.poll(timeout_ms):
             return None
         frames = self.input.recv_multipart(copy=True)
@@ -195,6 +209,7 @@ class StageIO:
 
     def receive_raw(self, timeout_ms: int = 200) -> list[zmq.Frame] | None:
         """The next message's frames undecoded (for the relay), or None on timeout."""
+        self.beat()
         if self.input is None or not self.input.poll(timeout_ms):
             return None
         frames = self.input.recv_multipart(copy=False)
@@ -205,6 +220,7 @@ class StageIO:
         """Forward frames as they came, blocking while downstream is full; False if stopped meanwhile."""
         assert self.output is not None, f"{self.stage} has no output socket"
         while True:
+            self.beat()  # blocked by a full downstream is alive, not hung
             try:
                 self.output.send_multipart(frames, copy=False)
                 break
@@ -221,6 +237,7 @@ class StageIO:
         assert self.output is not None, f"{self.stage} has no output socket"
         frames = encode(message)
         while True:
+            self.beat()  # blocked by a full downstream is alive, not hung
             try:
                 self.output.send_multipart(frames, copy=False)
                 self._count_sent(message)
@@ -232,6 +249,7 @@ class StageIO:
     def offer(self, message: Message) -> bool:
         """Send only if downstream has room (live sources: a full pipeline drops, never lags)."""
         assert self.output is not None, f"{self.stage} has no output socket"
+        self.beat()
         try:
             self.output.send_multipart(encode(message), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:

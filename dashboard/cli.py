@@ -11,32 +11,37 @@ included) to the network, so it needs `--auth USER:PASSWORD` (HTTP basic auth) o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
-import os
 import signal
 import sys
 from typing import Any
 
+from core.config import DashboardConfig, env_name
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-AUTH_ENV = "EMOJIMATION_DASHBOARD_AUTH"  # USER:PASSWORD, so the password stays out of `ps`
-STORE_ENV = "EMOJIMATION_STORE"  # the same variable `emojimation analyse` reads
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8050
+FIELDS = {f.name: f for f in dataclasses.fields(DashboardConfig)}
+AUTH_ENV = env_name(FIELDS["auth"])  # USER:PASSWORD, so the password stays out of `ps`
+STORE_ENV = env_name(FIELDS["store"])  # the same variable `emojimation analyse` reads
+DEFAULT_HOST, DEFAULT_PORT = DashboardConfig.host, DashboardConfig.port
 
 
 def register(subparsers: Any) -> None:
-    """Add the `dashboard` subcommand to the `emojimation` parser."""
+    """Add the `dashboard` subcommand to the `emojimation` parser. Flag defaults stay None so the
+    config file and environment apply (core.config.load; the defaults are DashboardConfig's)."""
     parser = subparsers.add_parser(
         "dashboard", help="serve the emotion timeline dashboard (Dash) until Ctrl-C",
         description="Serve the dashboard over the results store. Binds 127.0.0.1 unless told otherwise.")
+    parser.add_argument("--config", help="TOML settings file ([dashboard] table)")
     parser.add_argument("--store", default=None,
                         help=f"results database URL (default ${STORE_ENV}, else sqlite under $EMOJIMATION_HOME)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--host", default=None, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=None,
                         help=f"port to bind (default {DEFAULT_PORT}; 0 picks a free one)")
     access = parser.add_mutually_exclusive_group()
     access.add_argument("--auth", metavar="USER:PASSWORD", default=None,
                         help=f"require HTTP basic auth (or set ${AUTH_ENV})")
-    access.add_argument("--no-auth", action="store_true",
+    access.add_argument("--no-auth", action="store_true", default=None,
                         help="allow a non-loopback --host without a password "
                              "(anyone who can reach it sees the results)")
     parser.set_defaults(handler=run_command)
@@ -66,26 +71,30 @@ def error(message: str) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Check the bind, build the app, print the URL, serve until Ctrl-C or SIGTERM."""
+    from core.config import default_store_url, load
+    from core.errors import EmojimationError, redact_url
     from dashboard.auth import parse_credentials
 
-    auth_text = None if args.no_auth else (args.auth or os.environ.get(AUTH_ENV) or None)
+    try:
+        config = load(DashboardConfig, "dashboard", args.config, {name: getattr(args, name) for name in FIELDS})
+    except EmojimationError as problem:
+        error(str(problem))
+        return EXIT_USAGE
+    auth_text = "" if config.no_auth else config.auth
     try:
         credentials = parse_credentials(auth_text) if auth_text else None
     except ValueError as problem:
         error(str(problem))
         return EXIT_USAGE
-    problem = bind_problem(args.host, credentials is not None, args.no_auth)
+    problem = bind_problem(config.host, credentials is not None, config.no_auth)
     if problem:
         error(problem)
         return EXIT_USAGE
-    if not 0 <= args.port <= 65535:
-        error(f"--port {args.port}: not a port number")
+    if not 0 <= config.port <= 65535:
+        error(f"--port {config.port}: not a port number")
         return EXIT_USAGE
 
-    from core.config import default_store_url
-    from core.errors import EmojimationError, redact_url
-
-    store_url = args.store or os.environ.get(STORE_ENV) or default_store_url()
+    store_url = config.store or default_store_url()
     try:
         from dashboard.app import create_app
 
@@ -94,11 +103,11 @@ def run_command(args: argparse.Namespace) -> int:
         error(str(problem))
         return EXIT_FAILED
     try:
-        server = _make_server(app.server, args.host, args.port)
+        server = _make_server(app.server, config.host, config.port)
     except OSError as problem:
-        error(f"cannot listen on {args.host}:{args.port} ({problem.strerror or problem})")
+        error(f"cannot listen on {config.host}:{config.port} ({problem.strerror or problem})")
         return EXIT_FAILED
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"Emojimation dashboard: http://{host}:{server.port}/  (store {redact_url(store_url)}"
           f"{', basic auth on' if credentials else ''}; Ctrl-C to stop)", flush=True)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

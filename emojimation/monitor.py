@@ -31,9 +31,10 @@ from core import config as cfg
 from core.config import (
     AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
 )
-from core.errors import ConfigError
+from core.errors import ConfigError, EmojimationError, database_errors
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
 from core.runtime import redact
+from core.store import Store
 from emojimation.analysis import model_name
 from emojimation.supervisor import Supervisor, describe_death
 from emojimation.topology import SharedLinks, Topology, boot
@@ -135,6 +136,7 @@ class Monitor:
         self.stop = stop
         self.cameras = {f"cam{i}/{c.name}": CameraStats(c.name) for i, c in enumerate(plan.cameras)}
         self.restarts: dict[str, deque] = {}
+        self.paused_until: dict[str, float] = {}  # a crash-looping camera ingest waits until then
         self.ready: set[str] = set()
         self.preview: Preview | None = None
         self.preview_addresses: list[str] = []
@@ -199,7 +201,7 @@ class Monitor:
                 announced = True
                 logger.info("pipeline ready")
                 print("emojimation: pipeline ready", file=sys.stderr, flush=True)
-            self._restart_dead()
+            self._watch()
             if self.preview is not None:
                 self.preview.pump()
             if time.monotonic() >= next_status_line:
@@ -226,19 +228,38 @@ class Monitor:
                 if key in report.detail:
                     setattr(stats, key, report.detail[key])
 
-    def _restart_dead(self) -> None:
+    def _watch(self) -> None:
+        """Kill what hung, restart what died. A stage keeps RESTART_LIMIT restarts per
+        RESTART_WINDOW_S; past that a camera's ingest waits a window before trying again (the
+        other cameras go on), while a shared stage, which every camera needs, ends the monitor."""
+        if self.stop.is_set():
+            return
+        for child in self.supervisor.hung_children(self.config.heartbeat_timeout_s):
+            logger.error("%s sent no status for %.0f s (hung); killing it", child.name,
+                         time.monotonic() - child.last_seen)
+            child.process.kill()
+            child.process.wait(5)
+            self._record_event("stage-hung", f"{child.name} sent no status for "
+                                             f"{self.config.heartbeat_timeout_s:.0f} s and was killed")
+        now = time.monotonic()
         for child in list(self.supervisor.children):
-            if child.process is None or child.process.poll() is None or self.stop.is_set():
+            if child.process is None or child.process.poll() is None or now < self.paused_until.get(child.name, 0):
                 continue
             history = self.restarts.setdefault(child.name, deque())
-            now = time.monotonic()
             while history and now - history[0] > RESTART_WINDOW_S:
                 history.popleft()
             if len(history) >= RESTART_LIMIT:
-                raise ConfigError(f"{describe_death(child)}; restarted {RESTART_LIMIT} times in "
-                                  f"{RESTART_WINDOW_S:.0f} s, giving up")
+                gave_up = f"{describe_death(child)}; restarted {RESTART_LIMIT} times in {RESTART_WINDOW_S:.0f} s"
+                if not child.name.startswith("camera-"):
+                    raise ConfigError(f"{gave_up}, giving up")
+                self.paused_until[child.name] = now + RESTART_WINDOW_S
+                history.clear()
+                logger.error("%s; trying again in %.0f s (the other cameras go on)", gave_up, RESTART_WINDOW_S)
+                self._record_event("stage-paused", f"{gave_up}; next try in {RESTART_WINDOW_S:.0f} s")
+                continue
             history.append(now)
             logger.error("%s; restarting it", describe_death(child))
+            self._record_event("stage-restarted", describe_death(child))
             self.supervisor.respawn(child)
             if child.name == "aggregator":  # a new aggregator must hear every camera's Start again
                 for camera in self.supervisor.children:
@@ -246,6 +267,16 @@ class Monitor:
                         camera.process.terminate()  # reaped and restarted by this loop
                         camera.process.wait(5)
                         self.supervisor.respawn(camera)
+
+    def _record_event(self, kind: str, message: str) -> None:
+        """Restarts and hangs are events in the store (the dashboard's events page lists them)."""
+        if self.config.stages != "all":
+            return  # a remote pipeline's store is not ours to write
+        try:
+            with Store(self.config.store or default_store_url()) as store:
+                store.add_event(None, kind, message)
+        except (EmojimationError, OSError, *database_errors()) as error:
+            logger.warning("could not record the %s event: %s", kind, error)
 
     def summary(self) -> list[dict[str, Any]]:
         for report in self.supervisor.statuses(300):

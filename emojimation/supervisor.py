@@ -25,12 +25,13 @@ from typing import Any
 import zmq
 
 from core.errors import EmojimationError
-from core.messages import MessageError, Status, decode
+from core.messages import MessageError, Status, StatusEvent, decode
 from core.process import stage_command
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0
+STARTUP_GRACE_S = 60.0  # a stage's first report may take this long (a Keras model loads TensorFlow)
 PER_STAGE_ENVIRONMENT = {f"EMOJIMATION_{name}" for name in (
     "CONNECT", "BIND", "LISTEN", "PUSH", "STATUS", "METRICS_PORT", "CAMERA", "INPUTS", "NAME", "STREAM_PREFIX")}
 
@@ -53,6 +54,8 @@ class Child:
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
     inherit_output: bool = False
+    last_seen: float = 0.0  # monotonic time of its start or its latest status report (heartbeats included)
+    reported: bool = False  # has it sent any report since it was (re)started?
 
     def last_log_line(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -101,6 +104,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         environment = {**self.env, **child.env}
+        child.last_seen, child.reported = time.monotonic(), False
         if child.inherit_output:
             child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              env=environment, start_new_session=True, preexec_fn=_die_with_parent)
@@ -137,7 +141,23 @@ class Supervisor:
                 logger.warning("ignored a malformed status report: %s", error)
                 continue
             if isinstance(message, Status):
-                reports.append(message)
+                self._seen(message)
+                if message.event != StatusEvent.HEARTBEAT:  # liveness only: consumed here
+                    reports.append(message)
+
+    def _seen(self, report: Status) -> None:
+        pid = report.detail.get("pid")
+        for child in self.children:
+            if child.process is not None and child.process.pid == pid:
+                child.last_seen, child.reported = time.monotonic(), True
+
+    def hung_children(self, timeout_s: float, startup_s: float = STARTUP_GRACE_S) -> list[Child]:
+        """Running children that have sent no report for `timeout_s` (or, before their first
+        report, for `startup_s`: loading a model takes a while): stopped, deadlocked or blocked."""
+        now = time.monotonic()
+        return [child for child in self.children
+                if child.process is not None and child.process.poll() is None
+                and now - child.last_seen > (timeout_s if child.reported else max(timeout_s, startup_s))]
 
     def stop(self) -> None:
         """SIGTERM every child, then SIGKILL what is left after the grace period."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -10,11 +11,15 @@ from pathlib import Path
 import cv2
 import ffmpeg
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from core.config import IMAGE_SUFFIXES
 from core.errors import DataError
 
-
+# Larger images are refused before they are decoded: a small file can declare a huge size (a
+# 400 KB PNG of 20000 x 20000 decodes to 1.2 GB of BGR). 64 megapixels is above today's camera
+# sensors' usual output (12-50 MP) and decodes to 192 MB.
+MAX_IMAGE_PIXELS = 64_000_000
 
 @dataclass
 class MediaInfo:
@@ -92,7 +97,33 @@ def _probe(path: Path) -> MediaInfo:
     return MediaInfo(str(path), "video", fps=fps, width=width, height=height, frames=frames)
 
 
-def read_image(path: str) -> np.ndarray:
+def image_size(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) from the image's header alone (Pillow reads the header, not the pixels);
+    DataError in one line for an image above `max_pixels` or a header that cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own guard, far above ours, also fires before decoding
+        width = height = 0
+        pixels = max_pixels + 1
+    except (UnidentifiedImageError, SyntaxError, ValueError, EOFError):
+        raise DataError(f"{path}: cannot decode image (corrupt or not an image)") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    else:
+        pixels = width * height
+    if pixels > max_pixels:
+        size = f"{width}x{height} ({pixels / 1e6:,.0f} megapixels)" if width else "larger than Pillow's own limit"
+        raise DataError(f"{path}: image is {size}, above the limit of {max_pixels / 1e6:g} megapixels; "
+                        "not decoded")
+    return width, height
+
+
+def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The image as BGR; its size is checked from the header first (`image_size`)."""
+    image_size(path, max_pixels)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:

@@ -563,7 +563,7 @@ def test_monitor_service_settings_work_with_several_cameras(tmp_path):
 def test_aggregator_alert_rules_are_the_monitor_config_alerts():
     """With --stages ingest the monitor does not start the aggregator, so compose passes the
     rules itself, exactly as `monitor` would (the [[alerts]] tables as JSON)."""
-    from aggregator.alerts import parse_rules
+    from core.config import parse_rules
 
     alerts = tomllib.loads(MONITOR_TOML.read_text()).get("alerts", [])
     assert alerts, "deploy/monitor.toml: the sample should show an alert"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import struct
 import subprocess
@@ -49,10 +50,94 @@ def test_round_trip_keeps_every_field(message):
             assert getattr(decoded, name) == value, name
 
 
-def test_payloads_are_raw_bytes_not_pickle():
-    frames = encode(sample_messages()[1])
-    assert b"pickle" not in b"".join(frames) and frames[2][1:9] == struct.pack("!3I", 36, 64, 3)[:8]
-    assert len(frames[2]) == 1 + 12 + 36 * 64 * 3
+# --- the wire form, built and read by hand (the layout in core/messages.py's docstring) -------
+# Written here without the module's own helpers: a header is struct `!2sBBqdd` (b"EM", version,
+# type, seq, source_time, capture_time) then the stream id; then a JSON object; then each array
+# as one byte of ndim, ndim big-endian uint32 sizes, and the raw little-endian values.
+WIRE_HEADER = "!2sBBqdd"
+FRAME_TYPE, CLASSIFIED_TYPE, STATUS_TYPE = 2, 4, 6
+
+
+def hand_header(type_code: int, seq: int, source_time: float, capture_time: float, stream: str,
+                version: int = PROTOCOL_VERSION) -> bytes:
+    return struct.pack(WIRE_HEADER, b"EM", version, type_code, seq, source_time, capture_time) + stream.encode()
+
+
+def hand_array(shape: tuple[int, ...], raw: bytes) -> bytes:
+    return bytes([len(shape)]) + b"".join(size.to_bytes(4, "big") for size in shape) + raw
+
+
+def test_a_frame_built_by_hand_decodes_to_its_fields():
+    pixels = bytes(range(2 * 3 * 3))  # 2 rows, 3 columns, BGR: 0, 1, 2, ... row-major
+    frames = [hand_header(FRAME_TYPE, 41, 1.25, 1_700_000_000.5, "cam/é 1"),
+              b'{"frame_index": 7, "scale": 2.5}',
+              hand_array((2, 3, 3), pixels)]
+    message = decode(frames)
+    assert isinstance(message, Frame)
+    assert (message.stream, message.seq, message.source_time, message.capture_time) == \
+        ("cam/é 1", 41, 1.25, 1_700_000_000.5)
+    assert (message.frame_index, message.scale) == (7, 2.5)
+    assert message.image.shape == (2, 3, 3) and message.image.dtype == np.uint8
+    assert message.image[1, 2].tolist() == [15, 16, 17]  # row 1, column 2: bytes 15..17
+    assert message.image.ravel().tolist() == list(pixels)
+
+
+def test_classified_faces_built_by_hand_decode_to_their_values():
+    boxes = [(10.5, 20.25, 30.0, 40.0), (-1.5, 0.0, 8.0, 8.0)]
+    scores = [0.875, 0.5]
+    probs = [[0.5, 0.0, 0.0, 0.25, 0.125, 0.0625, 0.0625], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]]
+    crops = bytes([200]) * 48 * 48 + bytes([3]) * 48 * 48
+    frames = [hand_header(CLASSIFIED_TYPE, 9, 0.5, 2.0, "in/0"),
+              b'{"frame_index": 12, "error": ""}',
+              hand_array((2, 4), struct.pack("<8f", *boxes[0], *boxes[1])),  # little-endian float32
+              hand_array((2,), struct.pack("<2f", *scores)),
+              hand_array((2, 48, 48), crops),
+              hand_array((2, 7), struct.pack("<14f", *probs[0], *probs[1]))]
+    message = decode(frames)
+    assert isinstance(message, Classified) and (message.stream, message.seq, message.frame_index) == ("in/0", 9, 12)
+    assert message.boxes.tolist() == [list(b) for b in boxes]
+    assert message.scores.tolist() == scores and message.probs.tolist() == probs
+    assert message.crops[0].min() == message.crops[0].max() == 200 and message.crops[1].max() == 3
+
+
+def test_a_status_built_by_hand_decodes_with_its_json_detail():
+    frames = [hand_header(STATUS_TYPE, 0, 0.0, 0.0, ""),
+              '{"stage": "détecteur", "event": "ready", "detail": {"pid": 12, "nested": [1, {"a": null}]}}'.encode()]
+    message = decode(frames)
+    assert isinstance(message, Status) and message.event == "ready" and message.stage == "détecteur"
+    assert message.detail == {"pid": 12, "nested": [1, {"a": None}]}
+
+
+def test_encoded_messages_read_back_by_hand():
+    """The other direction: what `encode` sends, parsed with struct and json alone."""
+    image = (np.arange(36 * 64 * 3) % 251).astype(np.uint8).reshape(36, 64, 3)
+    frames = encode(Frame(stream="s/1", seq=5, source_time=0.2, capture_time=3.5, frame_index=4, scale=1.5,
+                          image=image))
+    assert len(frames) == 3
+    magic, version, type_code, seq, source_time, capture_time = struct.unpack_from(WIRE_HEADER, frames[0])
+    assert (magic, version, type_code, seq, source_time, capture_time) == (b"EM", PROTOCOL_VERSION, FRAME_TYPE,
+                                                                          5, 0.2, 3.5)
+    assert frames[0][struct.calcsize(WIRE_HEADER):] == b"s/1"
+    assert json.loads(frames[1]) == {"frame_index": 4, "scale": 1.5}
+    # The pixels travel as themselves: the frame is the header bytes and the raw image, nothing else.
+    assert frames[2] == hand_array((36, 64, 3), image.tobytes())
+
+    classified = encode(Classified(stream="c", seq=1, frame_index=0, boxes=np.array([[1.5, 2, 3, 4]], ">f8"),
+                                   scores=np.array([0.25]), crops=np.zeros((1, 48, 48), np.uint8),
+                                   probs=np.full((1, 7), 0.125)))
+    assert classified[2] == hand_array((1, 4), struct.pack("<4f", 1.5, 2, 3, 4))  # converted to <f4 for the wire
+    assert classified[3] == hand_array((1,), struct.pack("<f", 0.25))
+    assert classified[5] == hand_array((1, 7), struct.pack("<7f", *[0.125] * 7))
+
+
+def test_a_pickled_payload_is_refused():
+    """Never pickle: an array frame holding a pickle, or a pickle for the JSON, is malformed."""
+    image = np.zeros((2, 3, 3), np.uint8)
+    header = hand_header(FRAME_TYPE, 1, 0.0, 0.0, "x")
+    for frames in ([header, b'{"frame_index": 0, "scale": 1.0}', pickle.dumps(image)],
+                   [header, pickle.dumps({"frame_index": 0, "scale": 1.0}), hand_array((2, 3, 3), image.tobytes())]):
+        with pytest.raises(MessageError):
+            decode(frames)
 
 
 def _corrupt_variants():

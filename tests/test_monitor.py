@@ -2,7 +2,8 @@
 an HTTP MJPEG stream, an HLS playlist written live by ffmpeg, and a webhook receiver.
 
 Every server and monitor here is a real process or socket; each test stops what it starts,
-and every wait is bounded by a deadline.
+and every wait is bounded by a deadline. The deadlines only catch a hang: how fast rows arrive
+or the monitor stops is for bench/, not asserted here (a loaded two-core machine is slow).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from core.config import DEFAULT_DETECTOR
 from core.emotions import EMOTIONS
 from core.model_io import EmotionModel, default_model
 from core.store import Store
-from test_pipeline import emojimation_processes
+from helpers_processes import ProcessMarker, stage_processes
 
 SERVERS = Path(__file__).parent / "servers"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with PyGObject for GStreamer
@@ -113,13 +114,19 @@ class RtspServer:
             self.process.wait()
 
 
+HANG_S = 60.0  # every wait below: generous, so only a hang fails, never a slow machine
+STOP_TIMEOUT_S = HANG_S  # SIGTERM to exit
+
+
 class MonitorProcess:
-    """`emojimation monitor ...` as a user runs it, with its stderr collected."""
+    """`emojimation monitor ...` as a user runs it, with its stderr collected. Everything it
+    starts carries `tag`'s marker in its environment (tests/helpers_processes.py)."""
 
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.store_url = f"sqlite:///{tmp_path / 'monitor.db'}"
-        self.marker = str(tmp_path)
-        environment = {**os.environ, "EMOJIMATION_HOME": str(tmp_path), "TMPDIR": str(tmp_path), **(env or {})}
+        self.marker = str(tmp_path)  # the work folder (TMPDIR), in the stages' socket paths
+        self.tag = ProcessMarker()
+        environment = self.tag.env(EMOJIMATION_HOME=str(tmp_path), TMPDIR=str(tmp_path), **(env or {}))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "emojimation", "monitor", "--store", self.store_url, "--status-every-s", "3600",
              "--backoff-max-s", "1", "--stall-s", "3", *args],
@@ -157,23 +164,21 @@ class MonitorProcess:
             faces = store.faces(int(camera["id"]), columns=["captured_at"])
         return int((faces.captured_at > after).sum())
 
-    def stop(self, timeout_s: float = 5.0) -> float:
-        """SIGTERM; returns how long the monitor took to exit."""
-        started = time.monotonic()
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, wait for the exit, then check nothing the monitor started is left."""
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.stdout, _ = self.process.communicate(timeout=timeout_s + 5)
+            self.stdout, _ = self.process.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError("monitor did not exit after SIGTERM")
-        return time.monotonic() - started
+            self.kill()
+            raise AssertionError(f"monitor did not exit within {timeout_s:g} s of SIGTERM") from None
+        self.tag.assert_none_left(what="by the monitor")
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        for line in emojimation_processes(self.marker):
-            os.kill(int(line.split()[0]), signal.SIGKILL)
+        self.tag.kill_all()
 
 
 @pytest.fixture
@@ -209,9 +214,9 @@ def test_check_config_reports_every_wrong_key(tmp_path):
 
 
 def test_rtsp_cameras_reconnect_and_a_dead_url_blocks_nothing(clips, tmp_path, processes):
-    """Two cameras on a real RTSP server (TCP and UDP) plus a dead URL: rows within 3 s of ready;
-    the server killed and restarted: disconnected then live, both events stored, rows resume;
-    SIGTERM: every process gone within 5 s and every analysed frame in the store."""
+    """Two cameras on a real RTSP server (TCP and UDP) plus a dead URL: rows from both, the dead
+    one blocking nothing; the server killed and restarted: disconnected then live, both events
+    stored, rows resume; SIGTERM: every process gone and every analysed frame in the store."""
     server = RtspServer(clips["faces"])
     processes.append(server)
     server.start()
@@ -221,20 +226,19 @@ def test_rtsp_cameras_reconnect_and_a_dead_url_blocks_nothing(clips, tmp_path, p
     monitor = MonitorProcess(tmp_path, f"tcp={server.url}", "--name", "dead=rtsp://127.0.0.1:9/nothing",
                              "--config", str(config), "--json")
     processes.append(monitor)
-    ready = monitor.wait_ready()
-    wait_for(lambda: monitor.face_count("tcp") > 0, 3.0, "face rows within 3 s of ready")
-    wait_for(lambda: monitor.face_count("udp") > 0, 10.0, "face rows from the second camera")
-    assert time.monotonic() - ready < 15
+    monitor.wait_ready()
+    wait_for(lambda: monitor.face_count("tcp") > 0, HANG_S, "face rows from the first camera")
+    wait_for(lambda: monitor.face_count("udp") > 0, HANG_S, "face rows from the second camera")
     assert monitor.camera("dead")["status"] == "disconnected"
     assert monitor.camera("tcp")["status"] == "live"
     assert "s3cret" not in "\n".join(monitor.lines)  # credentials are never logged
 
     server.kill()
-    wait_for(lambda: monitor.camera("tcp")["status"] == "disconnected", 15, "status disconnected after the kill")
+    wait_for(lambda: monitor.camera("tcp")["status"] == "disconnected", HANG_S, "status disconnected after the kill")
     before_restart = time.time()
     server.start()
-    wait_for(lambda: monitor.camera("tcp")["status"] == "live", 30, "status live after the restart")
-    wait_for(lambda: monitor.face_count("tcp", after=before_restart) > 0, 15, "rows after the restart")
+    wait_for(lambda: monitor.camera("tcp")["status"] == "live", HANG_S, "status live after the restart")
+    wait_for(lambda: monitor.face_count("tcp", after=before_restart) > 0, HANG_S, "rows after the restart")
     with monitor.store() as store:
         events = store.events(int(monitor.camera("tcp")["id"]))
     kinds = list(events.sort_values("at").kind)
@@ -242,10 +246,8 @@ def test_rtsp_cameras_reconnect_and_a_dead_url_blocks_nothing(clips, tmp_path, p
         "camera-disconnected"), kinds  # the latest disconnect was followed by live again
     assert "s3cret" not in events.to_string()
 
-    took = monitor.stop()
-    assert took < 5.0, f"monitor took {took:.1f} s to stop"
+    monitor.stop()  # also checks that no process it started is left
     assert monitor.process.returncode == 0, "\n".join(monitor.lines[-20:])
-    assert emojimation_processes(monitor.marker) == []
     summary = {c["name"]: c for c in json.loads(monitor.stdout)["cameras"]}
     with monitor.store() as store:
         for name in ("tcp", "udp"):
@@ -312,16 +314,16 @@ def test_http_mjpeg_and_hls_streams(clips, tmp_path, processes):
     files.daemon_threads = True
     threading.Thread(target=files.serve_forever, daemon=True).start()
     processes.append(Stopper(lambda: (files.shutdown(), files.server_close())))
-    wait_for(lambda: (hls_dir / "live.m3u8").exists(), 15, "the HLS playlist")
+    wait_for(lambda: (hls_dir / "live.m3u8").exists(), HANG_S, "the HLS playlist")
 
     monitor = MonitorProcess(tmp_path, f"mjpeg=http://127.0.0.1:{mjpeg.server_address[1]}/stream.mjpg",
                              f"hls=http://127.0.0.1:{files.server_address[1]}/live.m3u8")
     processes.append(monitor)
     monitor.wait_ready()
-    wait_for(lambda: monitor.face_count("mjpeg") > 0, 20, "face rows from the MJPEG stream")
-    wait_for(lambda: monitor.face_count("hls") > 0, 30, "face rows from the HLS playlist")
+    wait_for(lambda: monitor.face_count("mjpeg") > 0, HANG_S, "face rows from the MJPEG stream")
+    wait_for(lambda: monitor.face_count("hls") > 0, HANG_S, "face rows from the HLS playlist")
     assert monitor.camera("mjpeg")["status"] == "live" and monitor.camera("hls")["status"] == "live"
-    assert monitor.stop() < 5.0
+    monitor.stop()
 
 
 def test_alert_fires_and_posts_the_webhook(clips, tmp_path, processes):
@@ -348,7 +350,7 @@ def test_alert_fires_and_posts_the_webhook(clips, tmp_path, processes):
     monitor = MonitorProcess(tmp_path, "--config", str(config))
     processes.append(monitor)
     monitor.wait_ready()
-    wait_for(lambda: received, 30, "the webhook POST")
+    wait_for(lambda: received, HANG_S, "the webhook POST")
     payload = received[0]
     assert payload["alert"] == "joy" and payload["camera"] == "lobby" and payload["emotion"] == "happy"
     assert payload["value"] >= 0.6
@@ -356,7 +358,7 @@ def test_alert_fires_and_posts_the_webhook(clips, tmp_path, processes):
         alerts = store.events(int(monitor.camera("lobby")["id"]))
     alerts = alerts[alerts.kind == "alert"]
     assert len(alerts) >= 1 and all("joy" in m for m in alerts.message)  # the angry rule never fired
-    assert monitor.stop() < 5.0
+    monitor.stop()
 
 
 def test_preview_window_shows_annotated_frames(clips, tmp_path, processes):
@@ -367,16 +369,21 @@ def test_preview_window_shows_annotated_frames(clips, tmp_path, processes):
     monitor = MonitorProcess(tmp_path, f"lobby={clips['happy']}", "--loop", "--preview", env={"DISPLAY": display})
     processes.append(monitor)
     monitor.wait_ready()
-    wait_for(lambda: monitor.face_count("lobby") > 5, 20, "face rows")
+    wait_for(lambda: monitor.face_count("lobby") > 5, HANG_S, "face rows")
     shot = tmp_path / "screen.png"
-    time.sleep(1.0)  # a few more preview frames drawn
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "x11grab", "-video_size", "1024x768", "-i", display,
-                    "-frames:v", "1", str(shot)], check=True, timeout=30)
-    image = cv2.imread(str(shot))
     happy = np.array(EMOTION_COLOURS_BGR["happy"])
-    box_pixels = int((np.abs(image.astype(int) - happy).sum(axis=2) < 30).sum())
-    assert box_pixels > 300, f"no happy-coloured box drawn in the preview window ({box_pixels} pixels)"
-    assert monitor.stop() < 5.0
+    seen: list[int] = []
+
+    def happy_box_on_screen() -> bool:
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "x11grab", "-video_size", "1024x768", "-i", display,
+                        "-frames:v", "1", str(shot)], check=True, timeout=30)
+        image = cv2.imread(str(shot))
+        seen.append(int((np.abs(image.astype(int) - happy).sum(axis=2) < 30).sum()))
+        return seen[-1] > 300
+
+    # Screenshots until one shows the box (a preview window may still be opening), not one after a sleep.
+    wait_for(happy_box_on_screen, HANG_S, "a happy-coloured box in the preview window", every_s=0.5)
+    monitor.stop()
 
 
 def test_retention_deletes_camera_rows_older_than_the_limit(tmp_path):
@@ -414,14 +421,13 @@ def test_a_killed_stage_is_restarted_and_rows_resume(clips, tmp_path, processes)
     monitor = MonitorProcess(tmp_path, f"lobby={clips['faces']}", "--loop")
     processes.append(monitor)
     monitor.wait_ready()
-    wait_for(lambda: monitor.face_count("lobby") > 0, 20, "face rows")
+    wait_for(lambda: monitor.face_count("lobby") > 0, HANG_S, "face rows")
     for stage in ("aggregator", "detector"):
-        victim = next(line for line in emojimation_processes(monitor.marker) if f"emojimation {stage}" in line)
+        victim = stage_processes(monitor.tag.processes(), stage)[0]
         killed_at = time.time()
-        os.kill(int(victim.split()[0]), signal.SIGKILL)
-        wait_for(lambda: monitor.face_count("lobby", after=killed_at + 0.5) > 0, 30, f"rows after killing the {stage}")
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_for(lambda: monitor.face_count("lobby", after=killed_at + 0.5) > 0, HANG_S, f"rows after killing the {stage}")
         assert any(f"{stage}-0 stopped unexpectedly" in line and "restarting" in line for line in monitor.lines) \
             or any(f"{stage} stopped unexpectedly" in line for line in monitor.lines), monitor.lines[-10:]
     assert monitor.process.poll() is None
-    assert monitor.stop() < 5.0
-    assert emojimation_processes(monitor.marker) == []
+    monitor.stop()  # also checks that no process it started (the restarted stages too) is left

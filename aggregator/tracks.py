@@ -1,0 +1,79 @@
+"""One stream's faces followed over time: track IDs, smoothed timelines, and the store rows they make.
+
+Pure logic: frames in source order go in (the re-ordering comes first), FaceRows (one per face,
+with its track ID and smoothed probabilities) and TrackRows (one summary per track) come out.
+"""
+
+from __future__ import annotations
+
+import cv2
+
+from aggregator.timeline import TrackTimeline
+from aggregator.tracker import FaceTracker
+from core.config import AggregatorConfig
+from core.messages import Classified, Start
+from core.store import FaceRow, TrackRow
+
+
+def frame_step_s(start: Start) -> float:
+    """Seconds between analysed frames (the source's frame interval, or the sampling's if longer):
+    how long the last frame of a segment lasts."""
+    step = 1.0 / start.source_fps if start.source_fps else 1.0
+    if start.options.get("fps"):
+        step = max(step, 1.0 / float(start.options["fps"]))
+    return step
+
+
+class StreamTracks:
+    """A stream's tracker and per-track timelines. In an image every face is its own track
+    (an image set's pictures are unrelated); `next_track_id` lets a camera's IDs continue
+    after its earlier runs, so they stay unique per source."""
+
+    def __init__(self, config: AggregatorConfig, start: Start, next_track_id: int = 1) -> None:
+        self.config = config
+        self.frame_step_s = frame_step_s(start)
+        self.each_face_own_track = start.kind == "image"
+        self.tracker = FaceTracker(config.track_max_gap_s, config.track_min_iou)
+        self.tracker.next_id = next_track_id
+        self.timelines: dict[int, TrackTimeline] = {}
+
+    def add(self, time_s: float, frame: Classified) -> list[FaceRow]:
+        """The frame's faces as rows, in the frame's order (none for a frame without faces)."""
+        n = len(frame.boxes)
+        if n == 0:
+            return []
+        if self.each_face_own_track:
+            ids = list(range(self.tracker.next_id, self.tracker.next_id + n))
+            self.tracker.next_id += n
+        else:
+            ids = self.tracker.update(time_s, frame.boxes)
+        rows = []
+        for i, track_id in enumerate(ids):
+            timeline = self.timelines.get(track_id)
+            if timeline is None:
+                timeline = self.timelines[track_id] = TrackTimeline(track_id, self.config.smoothing_s)
+            smoothed = timeline.add(time_s, frame.probs[i])
+            if self.config.thumbnails:
+                timeline.keep_thumbnail(float(frame.scores[i]), frame.crops[i])
+            rows.append(FaceRow(
+                frame=frame.frame_index, time_s=time_s, captured_at=frame.capture_time,
+                track_id=track_id, box=tuple(float(v) for v in frame.boxes[i]), score=float(frame.scores[i]),
+                probs=frame.probs[i].tolist(), smoothed=smoothed.tolist(),
+            ))
+        return rows
+
+    def track_rows(self) -> list[TrackRow]:
+        """Every track's summary so far (segments are recomputed from the whole track)."""
+        return [TrackRow(
+            track_id=timeline.track_id, start_s=timeline.times[0], end_s=timeline.times[-1],
+            frames=timeline.frames, mean_probs=timeline.mean_probs().tolist(),
+            segments=timeline.segments(self.config.min_segment_s, self.frame_step_s),
+            thumbnail=self._thumbnail(timeline),
+        ) for timeline in self.timelines.values()]
+
+    def _thumbnail(self, timeline: TrackTimeline) -> bytes | None:
+        """The track's best-scored 48x48 crop as PNG, only when thumbnails were asked for."""
+        if not self.config.thumbnails or timeline.best_crop is None:
+            return None
+        ok, png = cv2.imencode(".png", timeline.best_crop)
+        return png.tobytes() if ok else None
