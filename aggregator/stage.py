@@ -90,7 +90,7 @@ class Aggregator:
         """Flush what has arrived; unfinished file sources are marked failed (never shown as done)."""
         for key, stream in list(self.streams.items()):
             if stream.live:
-                self._skip_gaps(float("inf"))
+                self._skip_gaps(float("inf"))  # frames still missing will not come now
                 stream.source.flush(stream.tracks)
                 stream.source.disconnect("monitor stopped")
                 self._report_camera_stopped(stream)

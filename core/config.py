@@ -274,6 +274,11 @@ class DashboardConfig:
     port: int = 8050  # 0 picks a free one
     auth: str = field(default="", metadata={ENV: "EMOJIMATION_DASHBOARD_AUTH"})  # USER:PASSWORD
     no_auth: bool = False
+    # Host names the dashboard answers to besides IP addresses and localhost ("*" = any): a DNS
+    # rebinding page sends its own name and is refused (dashboard.guard).
+    allowed_hosts: list[str] = field(default_factory=list, metadata={ENV: "EMOJIMATION_DASHBOARD_HOSTS"})
+    max_upload_mb: float = 200.0  # larger uploads, and request bodies, are refused before they are read
+    max_jobs: int = 4  # uploads waiting or being analysed at once; one more is refused, saying why
 
 
 # --- alert rules and the monitor's file ------------------------------------------------------

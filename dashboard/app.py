@@ -10,6 +10,7 @@ on this app, so several apps can live in one process (tests) without sharing sta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import dash
 from dash import Dash, dcc, html
@@ -18,6 +19,7 @@ from dashboard import data as data_module
 from dashboard import ids
 from dashboard import jobs as jobs_module
 from dashboard.auth import install_basic_auth
+from dashboard.guard import RequestGuard, callback_body_limit
 from dashboard.pages import PAGES
 from core.config import default_store_url
 
@@ -26,12 +28,15 @@ NAVIGATION = (("Sources", "/"), ("Events", "/events"), ("Analyse a file", "/uplo
 
 
 def create_app(store_url: str | None = None, *, auth: tuple[str, str] | None = None,
-               upload_dir: str | Path | None = None) -> Dash:
+               upload_dir: str | Path | None = None, allowed_hosts: Iterable[str] = (),
+               max_upload_bytes: int = jobs_module.MAX_UPLOAD_BYTES, max_jobs: int = jobs_module.MAX_JOBS) -> Dash:
     """Build the dashboard over the store at `store_url` (default: the usual store).
 
     `auth` = (user, password) turns on HTTP basic auth for every request. `upload_dir` is where
-    uploads are saved (default: a temporary folder removed at exit). Raises
-    `core.errors.ConfigError` for a store URL it cannot open.
+    uploads are saved (default: a temporary folder removed at exit). `allowed_hosts`: the names
+    the dashboard answers to besides IP addresses and localhost (dashboard.guard; "*" = any).
+    `max_upload_bytes` caps an upload (and so every request body), `max_jobs` the uploads
+    waiting or running. Raises `core.errors.ConfigError` for a store URL it cannot open.
     """
     url = store_url or default_store_url()
     data = data_module.DashboardData(url)
@@ -45,7 +50,12 @@ def create_app(store_url: str | None = None, *, auth: tuple[str, str] | None = N
         suppress_callback_exceptions=False,
     )
     app.server.extensions[data_module.EXTENSION_KEY] = data
-    app.server.extensions[jobs_module.EXTENSION_KEY] = jobs_module.AnalysisJobs(url, upload_dir)
+    app.server.extensions[jobs_module.EXTENSION_KEY] = jobs_module.AnalysisJobs(
+        url, upload_dir, max_upload_bytes=max_upload_bytes, max_jobs=max_jobs)
+    # Flask's own cap (413 from werkzeug when a body is read) behind the guard's, which refuses
+    # by Content-Length before anything is read.
+    app.server.config["MAX_CONTENT_LENGTH"] = callback_body_limit(max_upload_bytes)
+    app.server.wsgi_app = RequestGuard(app.server.wsgi_app, allowed_hosts, max_upload_bytes)
     for page in PAGES:
         page.register(app)
     app.layout = shell

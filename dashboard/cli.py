@@ -6,6 +6,10 @@ this module imports nothing heavy at the top: Dash, Flask and the server load in
 Safety default: the dashboard binds 127.0.0.1. Any other address exposes the results (faces
 included) to the network, so it needs `--auth USER:PASSWORD` (HTTP basic auth) or an explicit
 `--no-auth`; without either the command refuses with one line on stderr and exit code 2.
+
+It answers only to IP addresses, localhost and the names given with `--allowed-host` (a DNS
+rebinding page cannot reach it), and refuses request bodies above the upload limit before
+reading them (dashboard.guard).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FIELDS = {f.name: f for f in dataclasses.fields(DashboardConfig)}
 AUTH_ENV = env_name(FIELDS["auth"])  # USER:PASSWORD, so the password stays out of `ps`
 STORE_ENV = env_name(FIELDS["store"])  # the same variable `emojimation analyse` reads
+HOSTS_ENV = env_name(FIELDS["allowed_hosts"])  # the names --allowed-host adds, comma-separated
 DEFAULT_HOST, DEFAULT_PORT = DashboardConfig.host, DashboardConfig.port
 
 
@@ -44,6 +49,14 @@ def register(subparsers: Any) -> None:
     access.add_argument("--no-auth", action="store_true", default=None,
                         help="allow a non-loopback --host without a password "
                              "(anyone who can reach it sees the results)")
+    parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME",
+                        help="a host name the dashboard is reached by, besides IP addresses and localhost "
+                             f"(repeatable; or ${HOSTS_ENV}, comma-separated; '*' allows any name)")
+    parser.add_argument("--max-upload-mb", type=float, default=None,
+                        help=f"largest upload in MB (default {DashboardConfig.max_upload_mb:g}); larger request "
+                             "bodies are refused before they are read")
+    parser.add_argument("--max-jobs", type=int, default=None,
+                        help=f"uploads waiting or being analysed at once (default {DashboardConfig.max_jobs})")
     parser.set_defaults(handler=run_command)
 
 
@@ -93,17 +106,25 @@ def run_command(args: argparse.Namespace) -> int:
     if not 0 <= config.port <= 65535:
         error(f"--port {config.port}: not a port number")
         return EXIT_USAGE
+    if not config.max_upload_mb > 0 or config.max_jobs < 1:
+        error(f"--max-upload-mb must be positive and --max-jobs at least 1 (got {config.max_upload_mb:g}, "
+              f"{config.max_jobs})")
+        return EXIT_USAGE
+    from dashboard.guard import callback_body_limit
+
+    max_upload_bytes = int(config.max_upload_mb * 1024 * 1024)
 
     store_url = config.store or default_store_url()
     try:
         from dashboard.app import create_app
 
-        app = create_app(store_url, auth=credentials)
+        app = create_app(store_url, auth=credentials, allowed_hosts=config.allowed_hosts,
+                         max_upload_bytes=max_upload_bytes, max_jobs=config.max_jobs)
     except EmojimationError as problem:
         error(str(problem))
         return EXIT_FAILED
     try:
-        server = _make_server(app.server, config.host, config.port)
+        server = _make_server(app.server, config.host, config.port, callback_body_limit(max_upload_bytes))
     except OSError as problem:
         error(f"cannot listen on {config.host}:{config.port} ({problem.strerror or problem})")
         return EXIT_FAILED
@@ -132,7 +153,7 @@ def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
 class _Server:
     """A bound HTTP server: waitress when installed (a production WSGI server), else Werkzeug's."""
 
-    def __init__(self, wsgi_app: Any, host: str, port: int) -> None:
+    def __init__(self, wsgi_app: Any, host: str, port: int, max_body_bytes: int) -> None:
         try:
             from waitress.server import create_server
         except ImportError:
@@ -142,7 +163,10 @@ class _Server:
             self._waitress = None
             self.port = int(self._werkzeug.server_port)
         else:
-            self._waitress = create_server(wsgi_app, host=host, port=port, threads=8, ident="emojimation")
+            # waitress refuses a larger body (413) from its Content-Length, or while a chunked one
+            # arrives, before buffering it (its own default allows 1 GB).
+            self._waitress = create_server(wsgi_app, host=host, port=port, threads=8, ident="emojimation",
+                                           max_request_body_size=max_body_bytes + 1)
             self._werkzeug = None
             listening = getattr(self._waitress, "effective_listen", None)  # several sockets ("localhost")
             self.port = int(listening[0][1] if listening else self._waitress.effective_port)
@@ -160,6 +184,6 @@ class _Server:
             self._werkzeug.server_close()
 
 
-def _make_server(wsgi_app: Any, host: str, port: int) -> _Server:
+def _make_server(wsgi_app: Any, host: str, port: int, max_body_bytes: int) -> _Server:
     """Bind now (so a busy port fails before the URL is printed)."""
-    return _Server(wsgi_app, host, port)
+    return _Server(wsgi_app, host, port, max_body_bytes)

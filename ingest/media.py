@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -105,9 +106,10 @@ def image_size(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
-    except Image.DecompressionBombError:  # Pillow's own guard, far above ours, also fires before decoding
+    except Image.DecompressionBombError as error:  # Pillow's own guard (far above ours) also fires before decoding
         width = height = 0
-        pixels = max_pixels + 1
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found.group(1)) if found else max_pixels + 1
     except (UnidentifiedImageError, SyntaxError, ValueError, EOFError):
         raise DataError(f"{path}: cannot decode image (corrupt or not an image)") from None
     except OSError as error:
@@ -115,7 +117,7 @@ def image_size(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]
     else:
         pixels = width * height
     if pixels > max_pixels:
-        size = f"{width}x{height} ({pixels / 1e6:,.0f} megapixels)" if width else "larger than Pillow's own limit"
+        size = f"{width}x{height} ({pixels / 1e6:,.0f} megapixels)" if width else f"{pixels / 1e6:,.0f} megapixels"
         raise DataError(f"{path}: image is {size}, above the limit of {max_pixels / 1e6:g} megapixels; "
                         "not decoded")
     return width, height

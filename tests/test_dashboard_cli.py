@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -130,3 +132,70 @@ def test_dcl006_the_cli_module_stays_import_light():
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def non_loopback_ipv4() -> str | None:
+    """An address of this machine on a real interface (None without one). Connecting a UDP socket
+    sends nothing: it only makes the kernel pick the outgoing interface."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: any routable address will do
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def post_json(url: str, body: dict, auth: tuple[str, str] | None = None) -> tuple[int, Message, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read().decode()
+
+
+def test_dcl007_a_callback_post_without_credentials_is_refused_on_a_non_loopback_bind(tmp_path):
+    """Bound to every interface with --auth, the callback endpoint (where the app deletes sources)
+    refuses a POST without the right credentials, and it does nothing. The same POST with them
+    deletes the source: the refused request was a real, working callback."""
+    from core.store import Store
+
+    with Store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        doomed = store.create_source("video", "/clips/doomed.mp4", "doomed.mp4", "analysing")
+        store.finish_source(doomed)
+    process, printed = start_dashboard(tmp_path, "--host", "0.0.0.0", "--auth", "ann:s3cret")
+    try:
+        assert printed.startswith("http://0.0.0.0:")
+        # Reach it as another machine would: through a real interface, if this machine has one
+        # (the socket bound to 0.0.0.0 is the same either way).
+        url = printed.replace("0.0.0.0", non_loopback_ipv4() or "127.0.0.1")
+        credentials = ("ann", "s3cret")
+        status, _, text = get(url + "/_dash-dependencies", credentials)
+        assert status == 200
+        delete = next(d for d in json.loads(text)
+                      if any(i["id"] == "sources-confirm" and i["property"] == "submit_n_clicks" for i in d["inputs"]))
+        outputs = [dict(zip(("id", "property"), part.rsplit(".", 1)))
+                   for part in delete["output"].strip(".").split("...")]
+        body = {"output": delete["output"], "outputs": outputs,
+                "inputs": [{"id": "sources-confirm", "property": "submit_n_clicks", "value": 1}],
+                "state": [{"id": "sources-pending-delete", "property": "data", "value": doomed}],
+                "changedPropIds": ["sources-confirm.submit_n_clicks"]}
+
+        for auth in (None, ("ann", "wrong"), ("mallory", "s3cret")):
+            status, headers, _ = post_json(url + "/_dash-update-component", body, auth)
+            assert status == 401, auth
+            assert headers.get("WWW-Authenticate", "").startswith("Basic realm=")
+        with Store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+            assert store.sources()["id"].tolist() == [doomed]  # refused means nothing happened
+
+        status, _, text = post_json(url + "/_dash-update-component", body, credentials)
+        assert status == 200, text
+        assert "Deleted doomed.mp4" in text
+        with Store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+            assert store.sources().empty
+    finally:
+        assert stop(process) == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from dashboard.data import DashboardData, source_token
 from devtools.dashboard_demo import write_synthetic_source
 from dashboard.downsample import MAX_POINTS_PER_TRACE, downsample
 from dashboard.figures import timeline_figure, uirevision_for
-from dashboard.jobs import AnalysisJobs, UploadError, analyse_command, safe_filename
+from dashboard.jobs import AnalysisJobs, UploadError, analyse_command, analyse_environment, safe_filename
 from dashboard.theme import EMOTION_COLOURS
 from core.emotions import EMOTIONS
 from core.store import FaceRow, Store
@@ -99,7 +98,6 @@ def test_dsd006_max_points_must_be_positive():
 def test_dsd010_hour_source_timeline_is_bounded_per_trace(hour_store):
     url, source_id = hour_store
     data = DashboardData(url)
-    started = time.perf_counter()
     timeline = data.timeline(source_id)
     assert timeline is not None and timeline.total_tracks == 5 and len(timeline.tracks) == 5
     assert sum(track.rows for track in timeline.tracks) == HOUR_ROWS
@@ -110,10 +108,9 @@ def test_dsd010_hour_source_timeline_is_bounded_per_trace(hour_store):
     assert max(len(trace.x) for trace in figure.data if trace.type == "scatter") <= MAX_POINTS_PER_TRACE
     assert max(len(trace.z[0]) for trace in figure.data if trace.type == "heatmap") <= MAX_POINTS_PER_TRACE
     assert figure.layout.uirevision == uirevision_for(source_id)
-    # Warm: the face table is cached, so a rebuild (a live poll, a zoom) is fast.
-    started = time.perf_counter()
+    # A zoom (a rebuild from the cached face table) stays bounded too. How fast it is, is for
+    # bench/: a time limit here fails on a loaded machine, not on a slow dashboard.
     zoomed = data.timeline(source_id, window=(600.0, 660.0))
-    assert time.perf_counter() - started < 5.0
     assert all(len(track.series) <= MAX_POINTS_PER_TRACE for track in zoomed.tracks)
 
 
@@ -197,9 +194,14 @@ def test_dsd030_uploads_are_sanitised_and_checked(tmp_path):
         jobs.submit("notes.txt", b"hello")
     with pytest.raises(UploadError, match="empty"):
         jobs.submit("clip.mp4", b"")
-    command = analyse_command(tmp_path / "clip.mp4", "sqlite:///s.db", tmp_path / "out")
+    command = analyse_command(tmp_path / "clip.mp4", tmp_path / "out")
     assert command[1:5] == ["-m", "emojimation", "analyse", str(tmp_path / "clip.mp4")]
-    assert command[5:] == ["--store", "sqlite:///s.db", "--out", str(tmp_path / "out"), "--no-progress", "--thumbnails"]
+    assert command[5:] == ["--out", str(tmp_path / "out"), "--no-progress", "--thumbnails"]
+    # The store URL (a PostgreSQL password, perhaps) goes by environment: argv is public to every user.
+    store = "postgresql://u:pw@db/x"
+    env = analyse_environment(store, {"EMOJIMATION_DASHBOARD_AUTH": "ann:pw", "PATH": "/bin"})
+    assert env["EMOJIMATION_STORE"] == store and "EMOJIMATION_DASHBOARD_AUTH" not in env and env["PATH"] == "/bin"
+    assert not any(store in part for part in command)
 
 
 def test_dsd031_credentials_parsing():

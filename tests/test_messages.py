@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
 import struct
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

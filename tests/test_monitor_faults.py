@@ -7,24 +7,16 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
+from helpers_processes import stage_processes
 from test_monitor import MonitorProcess, clips, processes, wait_for  # noqa: F401 (fixtures)
 
 
-def stage_pid(marker: str, module: str) -> int:
-    """The pid of `python -m <module>` started by the monitor whose work folder holds `marker`."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = b" ".join(argv).decode(errors="replace")
-        if f"-m {module} " in text and marker in text:
-            return int(entry.name)
-    raise AssertionError(f"no running {module} process of this monitor")
+def stage_pid(monitor: MonitorProcess, stage: str) -> int:
+    """The pid of the monitor's (first) running `stage` process."""
+    found = stage_processes(monitor.tag.processes(), stage)
+    assert found, f"no running {stage} process of this monitor"
+    return found[0].pid
 
 
 def test_a_stopped_classifier_is_killed_and_rows_resume(clips, tmp_path, processes):
@@ -34,7 +26,7 @@ def test_a_stopped_classifier_is_killed_and_rows_resume(clips, tmp_path, process
     processes.append(monitor)
     monitor.wait_ready()
     wait_for(lambda: monitor.face_count("lobby") > 0, 60, "face rows")
-    hung = stage_pid(monitor.marker, "classifier")
+    hung = stage_pid(monitor, "classifier")
     os.kill(hung, signal.SIGSTOP)
     stopped_at = time.time()
     try:
@@ -47,7 +39,7 @@ def test_a_stopped_classifier_is_killed_and_rows_resume(clips, tmp_path, process
         except ProcessLookupError:
             pass
     assert any("classifier-0 sent no status" in line and "hung" in line for line in monitor.lines), monitor.lines[-15:]
-    assert stage_pid(monitor.marker, "classifier") != hung
+    assert stage_pid(monitor, "classifier") != hung
     assert resumed_after < 60  # generous: the target (15 s) is measured in bench, not asserted here
     with monitor.store() as store:
         events = store.events()

@@ -314,8 +314,9 @@ def _classified_stream(stream: str, uri: str, count: int) -> list[list[bytes]]:
     return [encode(m) for m in messages]
 
 
-def _peer(context: zmq.Context, address: str, pair: Path | None, server_key: Path) -> zmq.Socket:
-    sock = context.socket(zmq.PUSH)
+def _peer(context: zmq.Context, address: str, pair: Path | None, server_key: Path,
+          kind: int = zmq.PUSH) -> zmq.Socket:
+    sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     if pair is not None:
         public, secret = zmq.auth.load_certificate(str(pair))
@@ -368,6 +369,54 @@ def test_peers_without_an_authorised_key_are_refused_and_counted(stages, keys, t
         for pair in ("server", "client"):
             public, secret = zmq.auth.load_certificate(str(folder / f"{pair}.key_secret"))
             assert public.decode() not in log and secret.decode() not in log
+
+
+def test_a_bound_push_socket_refuses_peers_without_an_authorised_key(stages, clips, keys, tmp_path):
+    """The other direction: ingest's output is a bound PUSH (a Curve server). Pullers with no key,
+    an unauthorised key or the wrong server key are refused and get nothing, not one frame;
+    an authorised puller then gets the whole stream."""
+    clip, frames = clips["short"]
+    address, port = free_tcp_address(), free_port()
+    stages.start("ingest", "ingest", "--bind", address, "--every-frame", "--inputs", clip, "--curve-dir", keys,
+                 "--metrics-port", port)
+    stages.wait_ready(ingest=1)
+    other = tmp_path / "other-keys"
+    assert emojimation("keys", "generate", other).returncode == 0
+    context = zmq.Context()
+    try:
+        refused_peers = {
+            "plain": _peer(context, address, None, keys / "server.key", zmq.PULL),
+            "unauthorised": _peer(context, address, other / "client.key_secret", keys / "server.key", zmq.PULL),
+            "wrong-server": _peer(context, address, keys / "client.key_secret", other / "server.key", zmq.PULL),
+        }
+
+        def refused() -> dict | None:
+            try:
+                samples = scrape(port)
+            except OSError:  # ingest exits once its stream is sent
+                received = {name: sock.poll(0) for name, sock in refused_peers.items()}
+                raise AssertionError(f"ingest ended before refusing the pullers; received something: {received}")
+            return samples if (metric(samples, "emojimation_rejected_peers_total", reason="handshake") >= 1 and
+                               metric(samples, "emojimation_rejected_peers_total", reason="unauthorized") >= 1) \
+                else None
+
+        stages.wait_for("the pullers refused", refused)
+        assert metric(scrape(port), "emojimation_frames_out_total", stage="ingest") == 0  # held, nothing sent
+        good = _peer(context, address, keys / "client.key_secret", keys / "server.key", zmq.PULL)
+        received = []
+        stages.wait_for("the whole stream at the authorised puller",
+                        lambda: (good.poll(50) and received.append(decode(good.recv_multipart())))
+                        or (received and isinstance(received[-1], End)), timeout=60)
+        # The positive signal came first (the stream went out, to the authorised puller): now the
+        # refused pullers' silence means they were given nothing.
+        assert [type(m).__name__ for m in received] == ["Start"] + ["Frame"] * frames + ["End"]
+        for name, sock in refused_peers.items():
+            assert not sock.poll(500), f"the {name} puller received a message"
+    finally:
+        context.destroy(linger=0)
+    assert stages.processes["ingest"].wait(30) == 0
+    log = stages.log("ingest")
+    assert "refused" in log and "not in the authorized folder" in log
 
 
 def test_relay_forwards_messages_unchanged_and_drops_malformed_ones(stages, tmp_path):

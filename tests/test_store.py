@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -61,6 +62,176 @@ def test_migrations_apply_step_by_step_and_keep_data(store_url, monkeypatch):
         assert store.source(source)["note"] is None
         store.db.execute("INSERT INTO extra VALUES (1)")
         assert store.db.execute("SELECT COUNT(*) FROM extra").fetchone()[0] == 1
+
+
+# --- the shipped v1 -> v2 migration on a real version 1 database -------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+TABLES = {"sources": "id", "faces": "id", "tracks": "source_id, track_id", "segments": "id", "events": "id"}
+
+
+def load_v1(backend: str, folder: Path, postgres_server=None) -> str:
+    """A version 1 database with rows, made by version 1's own DDL (tests/fixtures/store_v1.*.sql)
+    with the database's own client library: nothing of the current code is involved."""
+    script = (FIXTURES / f"store_v1.{backend}.sql").read_text()
+    if backend == "sqlite":
+        path = folder / "v1.db"
+        connection = sqlite3.connect(path)
+        connection.executescript(script)
+        connection.close()
+        return f"sqlite:///{path}"
+    import psycopg
+
+    url = postgres_server.new_database()
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(script)  # no parameters: psycopg sends the whole script as it is
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def v1_store_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return load_v1("sqlite", tmp_path)
+    return load_v1("postgresql", tmp_path, request.getfixturevalue("postgres_server"))
+
+
+def raw_connection(url: str):
+    """A plain driver connection (sqlite3 or psycopg), not the Store's."""
+    if url.startswith("sqlite:///"):
+        return sqlite3.connect(url[len("sqlite:///"):], isolation_level=None)
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+def raw_tables(url: str) -> dict[str, list[dict]]:
+    """Every row of every table, read with plain SQL."""
+    connection = raw_connection(url)
+    tables = {}
+    try:
+        for table, key in TABLES.items():
+            cursor = connection.execute(f"SELECT * FROM {table} ORDER BY {key}")
+            names = [column[0] for column in cursor.description]
+            tables[table] = [{name: bytes(value) if isinstance(value, memoryview) else value  # bytea
+                              for name, value in zip(names, row)} for row in cursor.fetchall()]
+    finally:
+        connection.close()
+    return tables
+
+
+def raw_version(url: str) -> int:
+    connection = raw_connection(url)
+    try:
+        sql = "PRAGMA user_version" if url.startswith("sqlite:///") else "SELECT MAX(version) FROM schema_version"
+        return connection.execute(sql).fetchone()[0]
+    finally:
+        connection.close()
+
+
+def raw_execute(url: str, sql: str) -> None:
+    connection = raw_connection(url)
+    try:
+        connection.execute(sql)
+    finally:
+        connection.close()
+
+
+def schema(url: str) -> dict[str, object]:
+    """Columns, indexes and foreign keys of the store's tables, as the database reports them."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///"):])
+        try:
+            return {
+                "columns": {t: connection.execute(f"PRAGMA table_info({t})").fetchall() for t in TABLES},
+                "foreign keys": {t: connection.execute(f"PRAGMA foreign_key_list({t})").fetchall() for t in TABLES},
+                "indexes": sorted((name, table, tuple(c[2] for c in connection.execute(f"PRAGMA index_info({name})")))
+                                  for name, table in connection.execute(
+                                      "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")),
+            }
+        finally:
+            connection.close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        return {
+            "columns": connection.execute(
+                "SELECT table_name, ordinal_position, column_name, data_type, is_nullable, column_default, "
+                "is_identity FROM information_schema.columns WHERE table_schema = 'public' "
+                "ORDER BY table_name, ordinal_position").fetchall(),
+            "constraints": connection.execute(
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2").fetchall(),
+            "indexes": connection.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1").fetchall(),
+        }
+
+
+def test_the_two_v1_fixtures_hold_the_same_rows(tmp_path, postgres_server):
+    """The SQLite and PostgreSQL version 1 fixtures are one database, so both upgrades are checked
+    against the same content."""
+    urls = [load_v1("sqlite", tmp_path), load_v1("postgresql", tmp_path, postgres_server)]
+    sqlite_rows, postgres_rows = (raw_tables(url) for url in urls)
+    assert sqlite_rows == postgres_rows
+    assert all(sqlite_rows[table] for table in TABLES)  # every table holds rows
+    assert [raw_version(url) for url in urls] == [1, 1]
+
+
+def test_a_real_v1_database_upgrades_to_the_current_schema_and_keeps_every_row(v1_store_url, tmp_path, request):
+    before = raw_tables(v1_store_url)
+    assert raw_version(v1_store_url) == 1 and "frames_dropped" not in before["sources"][0]
+    with Store(v1_store_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION >= 2
+        sources = store.sources()
+    after = raw_tables(v1_store_url)
+    # Step 2 added sources.frames_dropped, 0 for the rows already there; nothing else changed.
+    assert [row.pop("frames_dropped") for row in after["sources"]] == [0] * len(before["sources"])
+    assert after == before
+    # The upgraded database has exactly the schema a new one gets: columns, indexes, foreign keys.
+    fresh = f"sqlite:///{tmp_path}/fresh.db" if v1_store_url.startswith("sqlite:///") \
+        else request.getfixturevalue("postgres_server").new_database()
+    Store(fresh).close()
+    assert schema(v1_store_url) == schema(fresh)
+
+    # The old rows read back through the store's API, as the dashboard and the CLI read them.
+    assert sorted(sources["uri"]) == sorted(row["uri"] for row in before["sources"])
+    assert (sources["frames_dropped"] == 0).all()
+    with Store(v1_store_url) as store:
+        for source in before["sources"]:
+            faces = store.faces(source["id"])
+            expected = [row for row in before["faces"] if row["source_id"] == source["id"]]
+            assert faces["p_happy"].tolist() == [row["p_happy"] for row in expected]
+            assert faces["emotion"].tolist() == [row["emotion"] for row in expected]
+            tracks = store.tracks(source["id"])
+            expected = [row for row in before["tracks"] if row["source_id"] == source["id"]]
+            assert tracks["segments"].tolist() == [row["segments"] for row in expected]
+            assert [None if pd.isna(t) else bytes(t) for t in tracks["thumbnail"]] == [row["thumbnail"] for row in expected]
+        camera = next(row for row in before["sources"] if row["kind"] == "camera")
+        assert json.loads(store.events(camera["id"]).sort_values("at")["data"].iloc[-1])["status"] == "disconnected"
+        # It keeps working: the v1 camera's timeline continues, new sources get new ids.
+        assert store.open_camera(camera["uri"], camera["name"]) == camera["id"]
+        store.add_faces(camera["id"], [face(7)], progress={"frames_dropped": 3})
+        assert store.source(camera["id"])["frames_dropped"] == 3 and len(store.faces(camera["id"])) == 3
+        new = store.create_source("video", "/clips/new.mp4", "new.mp4", "analysing")
+        assert new > max(row["id"] for row in before["sources"])
+    with Store(v1_store_url) as store:  # opening again migrates nothing more
+        assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_a_failing_v1_upgrade_rolls_back_completely(v1_store_url):
+    """Step 2 fails half-way on this database (an index already takes the name its second
+    statement creates, after its first statement added the column): nothing of the step may
+    stay, or the next start would fail on the half-added column for ever."""
+    raw_execute(v1_store_url, "CREATE INDEX faces_captured ON faces (frame)")
+    before, schema_before = raw_tables(v1_store_url), schema(v1_store_url)
+    with pytest.raises(StoreError, match="faces_captured"):
+        Store(v1_store_url)
+    assert raw_version(v1_store_url) == 1
+    assert schema(v1_store_url) == schema_before  # no frames_dropped column left behind
+    assert raw_tables(v1_store_url) == before
+    # Once the conflict is gone, the same database upgrades.
+    raw_execute(v1_store_url, "DROP INDEX faces_captured")
+    with Store(v1_store_url) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert (store.sources()["frames_dropped"] == 0).all()
 
 
 def test_newer_database_is_refused(tmp_path):

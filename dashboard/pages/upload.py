@@ -3,6 +3,10 @@
 The file goes to `dashboard.jobs` (saved to a temporary folder, then `emojimation analyse` in a
 subprocess). Progress is read from the store, where the pipeline writes it, and once the source
 is done the page moves on to its timeline.
+
+The size limit is the browser's (`dcc.Upload max_size`) and the server's: the request body is
+capped before it is read (dashboard.guard), and an upload above the limit that reaches the
+callback anyway is refused from its base64 length, before it is decoded.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def register(app: Dash) -> None:
 
 
 def layout(**_query: Any) -> html.Div:
+    max_bytes = jobs.current().max_upload_bytes
     return html.Div([
         dcc.Store(id=ids.UPLOAD_JOB, data=None),
         dcc.Interval(id=ids.UPLOAD_INTERVAL, interval=POLL_MS, disabled=True),
@@ -39,10 +44,10 @@ def layout(**_query: Any) -> html.Div:
                 "tracking), the same as ", html.Code("emojimation analyse"), ". Its timeline opens when done."],
                className="muted"),
         dcc.Upload(
-            id=ids.UPLOAD_DROP, accept=ACCEPT, multiple=False, max_size=jobs.MAX_UPLOAD_BYTES,
+            id=ids.UPLOAD_DROP, accept=ACCEPT, multiple=False, max_size=max_bytes,
             className="dropzone", className_active="dropzone dropzone-active",
             children=html.Div([html.Strong("Drop a video or image here"), html.Span(" or click to choose one"),
-                               html.Div(f"up to {jobs.MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+                               html.Div(f"up to {max_bytes / (1024 * 1024):g} MB",
                                         className="muted small")]),
         ),
         html.Div(id=ids.UPLOAD_STATUS, className="upload-status"),
@@ -51,9 +56,11 @@ def layout(**_query: Any) -> html.Div:
     ], className="page page-upload")
 
 
-def _decode(contents: str) -> bytes:
-    """The bytes of a dcc.Upload `contents` value (`data:<type>;base64,<data>`)."""
+def _decode(contents: str, filename: str) -> bytes:
+    """The bytes of a dcc.Upload `contents` value (`data:<type>;base64,<data>`); an upload above
+    the limit is refused from its length, without decoding it."""
     _, _, encoded = contents.partition(",")
+    jobs.current().check_size(filename, len(encoded) // 4 * 3 - encoded[-2:].count("="))
     try:
         return base64.b64decode(encoded, validate=True)
     except binascii.Error as error:
@@ -74,7 +81,7 @@ def _register_callbacks(app: Dash) -> None:
         if not contents or not filename:
             raise PreventUpdate
         try:
-            job = jobs.current().submit(filename, _decode(contents))
+            job = jobs.current().submit(filename, _decode(contents, filename))
         except jobs.UploadError as error:
             return None, True, html.Div(str(error), className="error"), None
         return job.id, False, f"{filename}: queued for analysis…", None
