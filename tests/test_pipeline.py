@@ -21,7 +21,7 @@ from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_sh
 from core.emotions import EMOTIONS
 from core.model_io import EmotionModel, default_model
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
-from helpers_processes import ProcessMarker, stage_processes
+from helpers_processes import MARKER_VARIABLE, ProcessMarker, stage_processes
 
 MEGAMIND = SHARED_DATA / "videos" / "megamind.avi"
 
@@ -295,12 +295,14 @@ def test_sigkill_of_the_parent_leaves_no_child(clips, tmp_path, process_marker):
             process.wait()
 
 
-def test_python_api_returns_dataframes_for_images(tmp_path):
-    """Notebook API on real photos: each face in an image is its own track."""
+def test_python_api_returns_dataframes_for_images(tmp_path, process_marker, monkeypatch):
+    """Notebook API on real photos: each face in an image is its own track; no stage outlives the call."""
     import emojimation
 
+    monkeypatch.setenv(MARKER_VARIABLE, process_marker.value)  # the stages this process starts inherit it
     results = emojimation.analyse([str(SHARED_DATA / "images" / "couple.jpg"), str(SHARED_DATA / "images" / "img11.jpg")],
                                   out=str(tmp_path / "out"))
+    process_marker.assert_none_left(what="by emojimation.analyse()")
     assert list(results.detections.columns) == DETECTION_COLUMNS
     per_input = results.detections.groupby("input").size().to_dict()
     assert per_input == {str(SHARED_DATA / "images" / "couple.jpg"): 2, str(SHARED_DATA / "images" / "img11.jpg"): 1}
