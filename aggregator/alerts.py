@@ -141,6 +141,7 @@ class WebhookSender:
                 self.delivered += 1
                 return
             except urllib.error.HTTPError as error:
+                error.close()
                 if 300 <= error.code < 400:
                     self.failed += 1
                     logger.error("webhook %s: answered %d %s; redirects are not followed", redact(url), error.code,

@@ -77,6 +77,7 @@ class StageLinks:
     metrics_port: int = 0  # serve Prometheus metrics at http://metrics_host:metrics_port/metrics (0 = off)
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"  # text | json (one JSON object per line)
+    insecure: bool = False  # allow a plain (unencrypted) tcp:// bind beyond loopback (one warning line)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any, Callable, NoReturn
 from core import config as cfg
 from core.errors import EmojimationError, database_errors, redact_url
 from core.runtime import setup_logging, stop_event_on_signals
+from core.security import InsecureBindError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Fields whose values may hold credentials: passed as EMOJIMATION_<FIELD> by `stage_command`.
@@ -96,6 +97,8 @@ def run_stage(section: str, cls: type, runner: StageRunner, args: argparse.Names
     setup_logging(args.log_level, f"emojimation.{section}", getattr(config, "log_format", "text"))
     try:
         code = runner(config, stop_event_on_signals())
+    except InsecureBindError as error:  # a setting the operator must change: a usage error
+        _exit_with_line(str(error), EXIT_USAGE)
     except EmojimationError as error:
         _exit_with_line(str(error), EXIT_FAILED)
     except (OSError, *database_errors()) as error:

@@ -126,7 +126,7 @@ class StageIO:
 
     def __init__(self, stage: str, connect: list[str], bind: str, status: str, *, listen: str = "",
                  push: list[str] | tuple[str, ...] = (), curve_dir: str = "", metrics_port: int = 0,
-                 metrics_host: str = "127.0.0.1") -> None:
+                 metrics_host: str = "127.0.0.1", insecure: bool = False) -> None:
         self.stage = stage
         self.context = zmq.Context()
         self.counters = Counters()
@@ -137,7 +137,8 @@ class StageIO:
         self.security: LinkSecurity | None = None
         self.last_beat = 0.0
         try:
-            self.security = LinkSecurity(self.context, stage, curve_dir, on_refused=self.counters.reject)
+            self.security = LinkSecurity(self.context, stage, curve_dir, on_refused=self.counters.reject,
+                                         insecure=insecure)
             if connect or listen:
                 self.input = self.context.socket(zmq.PULL)
                 self.input.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
@@ -173,7 +174,8 @@ class StageIO:
         without an input (ingest) or an output (aggregator)."""
         return cls(stage, links.connect if inputs else [], links.bind if outputs else "", links.status,
                    listen=links.listen if inputs else "", push=links.push if outputs else [],
-                   curve_dir=links.curve_dir, metrics_port=links.metrics_port, metrics_host=links.metrics_host)
+                   curve_dir=links.curve_dir, metrics_port=links.metrics_port, metrics_host=links.metrics_host,
+                   insecure=links.insecure)
 
     def _count_sent(self, message: Message) -> None:
         self.counters.sent += 1

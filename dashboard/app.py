@@ -53,8 +53,10 @@ def create_app(store_url: str | None = None, *, auth: tuple[str, str] | None = N
     app.server.extensions[jobs_module.EXTENSION_KEY] = jobs_module.AnalysisJobs(
         url, upload_dir, max_upload_bytes=max_upload_bytes, max_jobs=max_jobs)
     # Flask's own cap (413 from werkzeug when a body is read) behind the guard's, which refuses
-    # by Content-Length before anything is read.
-    app.server.config["MAX_CONTENT_LENGTH"] = callback_body_limit(max_upload_bytes)
+    # by Content-Length before anything is read. One byte more than the guard's limit: on a
+    # chunked body werkzeug reads exactly up to its cap and returns the body cut short, so it
+    # must ask for the byte past the guard's limit, where the guard's stream answers 413.
+    app.server.config["MAX_CONTENT_LENGTH"] = callback_body_limit(max_upload_bytes) + 1
     app.server.wsgi_app = RequestGuard(app.server.wsgi_app, allowed_hosts, max_upload_bytes)
     for page in PAGES:
         page.register(app)

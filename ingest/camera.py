@@ -264,7 +264,7 @@ class CameraIngest:
             self.preview = io.context.socket(zmq.PUB)
             self.preview.setsockopt(zmq.SNDHWM, 2)
             self.preview.setsockopt(zmq.LINGER, 0)
-            self.preview.bind(config.preview_bind)
+            io.security.bind(self.preview, config.preview_bind)  # Curve, size limit, bind policy: as every socket
 
     def run(self) -> int:
         source = camera_source(self.config.camera, self.config.rtsp_transport, self.config.loop, self.config.stall_s)

@@ -597,13 +597,13 @@ def test_emojimation_services_share_one_image_built_from_this_dockerfile():
 
 
 def test_docs_name_only_metrics_that_exist():
-    """docs/deploy.md lists the metric names; each must be one emojimation/metrics.py defines."""
-    source = (ROOT / "emojimation" / "metrics.py").read_text()
+    """docs/deploy.md lists the metric names; each must be one core/metrics.py defines."""
+    source = (ROOT / "core" / "metrics.py").read_text()
     documented = set(re.findall(r"`(emojimation_[a-z_]+)`", (ROOT / "docs" / "deploy.md").read_text()))
     assert len(documented) >= 10, "docs/deploy.md should list the metrics"
     for name in sorted(documented):
         base = name.removeprefix("emojimation_").removesuffix("_total")
-        assert f'"{base}"' in source or f'PREFIX + "{base}"' in source, f"docs/deploy.md names {name}, not in emojimation/metrics.py"
+        assert f'"{base}"' in source or f'PREFIX + "{base}"' in source, f"docs/deploy.md names {name}, not in core/metrics.py"
 
 
 # --- (d) the Dockerfile ---------------------------------------------------------------------------------

@@ -624,6 +624,42 @@ def test_an_upload_over_the_limit_sent_straight_to_the_server_is_refused(tmp_pat
     assert uploads() == []
 
 
+class _WerkzeugServer:
+    """The dashboard app under Werkzeug's server (what runs when waitress is missing, and what the
+    browser tests use): the guard and Flask, not waitress, must refuse here."""
+
+    def __init__(self, tmp_path: Path, **options) -> None:
+        from werkzeug.serving import make_server
+
+        from dashboard.app import create_app
+
+        self.app = create_app(f"sqlite:///{tmp_path / 'w.db'}", upload_dir=tmp_path / "uploads", **options)
+        self.server = make_server("127.0.0.1", 0, self.app.server, threaded=True)
+        self.port = self.server.server_port
+        self.process = type("Self", (), {"pid": os.getpid()})()  # memory is measured on this process
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kill(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        from dashboard.jobs import EXTENSION_KEY
+
+        self.app.server.extensions[EXTENSION_KEY].shutdown()
+
+
+def test_without_waitress_the_guard_itself_refuses(tmp_path, started):
+    server = _WerkzeugServer(tmp_path, max_upload_bytes=1024 * 1024)
+    started.append(server)
+    probe = Dashboard.__new__(Dashboard)
+    probe.port = server.port
+    assert probe.request("GET", "/", headers={"Host": "evil.example"})[0] == 403
+    assert probe.request("GET", "/")[0] == 200
+    for chunked in (False, True):  # by Content-Length before the app reads; while the chunks arrive
+        line, grown_mb, _ = _refused_body(server, 64 * 1024 * 1024, chunked=chunked)
+        assert line.startswith("HTTP/1.1 413"), (chunked, line)
+        assert grown_mb < 50  # Werkzeug discards what the app left unread; nothing holds it
+
+
 def test_the_upload_queue_is_bounded_and_says_so(tmp_path, started):
     clip = make_clip(tmp_path / "clip.mp4", 2)
     dashboard = Dashboard(tmp_path, f"sqlite:///{tmp_path / 's.db'}", "--max-jobs", "2")
