@@ -65,7 +65,7 @@ class Aggregator:
         self.alerts = AlertEvaluator(rules_from_json(config.alert_rules))
         self.webhooks = WebhookSender() if any(r.webhook for r in self.alerts.rules) else None
         self.alerts_fired = 0
-        self.preview = Preview(io.context, config.results_bind) if config.results_bind and io is not None else None
+        self.preview = Preview(io.context, io.security, config.results_bind) if config.results_bind and io is not None else None
 
     @property
     def held(self) -> int:

@@ -282,6 +282,7 @@ class LinkSecurity:
         self.insecure = insecure
         self.max_message_bytes = max_message_bytes
         self._warned_insecure = False
+        self._started = False
         self.authenticator: ThreadAuthenticator | None = None
         self._monitors: dict[zmq.Socket, str] = {}  # monitor socket -> the bound address it watches
         self._monitored: list[zmq.Socket] = []  # the bound Curve sockets being watched
@@ -320,6 +321,8 @@ class LinkSecurity:
             if not any(sock is watched for watched in self._monitored):
                 self._monitored.append(sock)
                 self._monitors[sock.get_monitor_socket(_refusal_events())] = address
+                if self._started:  # a socket bound after start() (e.g. a preview PUB) is watched too
+                    self.start()
         elif self.keys is not None:  # back to the NULL mechanism, without ZAP, for a local endpoint
             sock.curve_server = False
             sock.zap_domain = b""
@@ -353,16 +356,20 @@ class LinkSecurity:
         self.authenticator.configure_curve(domain=ZAP_DOMAIN, location=str(authorized))
 
     def start(self) -> None:
+        self._started = True
         if self._monitors and self._thread is None:
             self._thread = threading.Thread(target=self._watch, name=f"{self.stage}-curve-monitor", daemon=True)
             self._thread.start()
 
     def _watch(self) -> None:
         poller = zmq.Poller()
-        for monitor in self._monitors:
-            poller.register(monitor, zmq.POLLIN)
+        registered: set[zmq.Socket] = set()
         try:
             while not self._stopping.is_set():
+                for monitor in list(self._monitors):  # sockets bound after start() join here
+                    if monitor not in registered:
+                        poller.register(monitor, zmq.POLLIN)
+                        registered.add(monitor)
                 for monitor, _ in poller.poll(200):
                     try:
                         event = recv_monitor_message(monitor, flags=zmq.NOBLOCK)

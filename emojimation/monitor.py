@@ -34,6 +34,7 @@ from core.config import (
 from core.errors import ConfigError, EmojimationError, database_errors
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
 from core.runtime import redact
+from core.security import LinkSecurity
 from core.store import Store
 from emojimation.analysis import model_name
 from emojimation.supervisor import Supervisor, describe_death
@@ -181,7 +182,9 @@ class Monitor:
             logger.info("metrics: %s", ", ".join(f"{c.name} on :{settings.metrics_port + i}"
                                                   for i, c in enumerate(sup.children)))
         if settings.preview:
-            self.preview = Preview(sup.context, self.preview_addresses, self.results_address,
+            # Through the same security layer as every stage's sockets (Curve on tcp://, size limit).
+            self.preview = Preview(sup.context, LinkSecurity(sup.context, "monitor", settings.curve_dir),
+                                   self.preview_addresses, self.results_address,
                                    {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)})
 
     def expected_ready(self) -> set[str]:
@@ -291,7 +294,7 @@ class Preview:
     aggregator's; a frame is drawn once its results arrive (matched by stream and seq).
     """
 
-    def __init__(self, context: zmq.Context, frame_addresses: list[str], results_address: str,
+    def __init__(self, context: zmq.Context, security: LinkSecurity, frame_addresses: list[str], results_address: str,
                  windows: dict[str, str]) -> None:
         import cv2
 
@@ -305,9 +308,9 @@ class Preview:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 20)
         for address in frame_addresses:
-            self.frames_socket.connect(address)
+            security.connect(self.frames_socket, address)
         if results_address:
-            self.results_socket.connect(results_address)
+            security.connect(self.results_socket, results_address)
         self.shown = 0
 
     def _messages(self, sock: zmq.Socket):

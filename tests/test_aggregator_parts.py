@@ -21,6 +21,7 @@ from aggregator.writer import FLUSH_EVERY_S, TRACKS_EVERY_S, SourceWriter, Write
 from core.config import AggregatorConfig, AlertRule
 from core.emotions import EMOTIONS, NUM_EMOTIONS
 from core.messages import CROP_SIZE, Classified, End, Faces, Message, Start, Status, Tracked, decode
+from core.security import LinkSecurity
 from core.store import FaceRow, Store
 
 HAPPY = [0.05, 0.0, 0.0, 0.8, 0.05, 0.05, 0.05]
@@ -427,7 +428,7 @@ def test_writer_retention_deletes_old_camera_rows_once_a_minute(store):
 def test_preview_publishes_the_frame_with_its_track_ids():
     context = zmq.Context()
     address = f"inproc://preview-{time.monotonic_ns()}"
-    preview = Preview(context, address)
+    preview = Preview(context, LinkSecurity(context, "test"), address)
     listener = context.socket(zmq.SUB)
     listener.setsockopt(zmq.SUBSCRIBE, b"")
     listener.connect(address)

@@ -446,3 +446,56 @@ def test_relay_forwards_messages_unchanged_and_drops_malformed_ones(stages, tmp_
     assert metric(samples, "emojimation_dropped_total", stage="relay", reason="malformed") == 1
     assert metric(samples, "emojimation_frames_out_total", stage="relay") == 2
     assert metric(samples, "emojimation_messages_sent_total", stage="relay") == len(valid)
+
+
+def test_a_bound_pub_socket_gives_plain_subscribers_nothing(stages, keys, tmp_path):
+    """The aggregator's results PUB (what `monitor --preview` reads) goes through the same
+    security layer as every other socket: with keys, a plain subscriber is refused (counted) and
+    receives nothing, while an authorised one receives every tracked frame."""
+    db = tmp_path / "results.db"
+    listen, results, port = free_tcp_address(), free_tcp_address(), free_port()
+    stages.start("aggregator", "aggregator", "--listen", listen, "--results-bind", results,
+                 "--store", f"sqlite:///{db}", "--curve-dir", keys, "--metrics-port", port)
+    stages.wait_ready(aggregator=1)
+    context = zmq.Context()
+    try:
+        subscribers = {}
+        for name, pair in (("plain", None), ("authorised", keys / "client.key_secret")):
+            sock = _peer(context, results, pair, keys / "server.key", zmq.SUB)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            subscribers[name] = sock
+        stages.wait_for("the plain subscriber refused", lambda: metric(
+            scrape(port), "emojimation_rejected_peers_total", reason="handshake") >= 1)
+        time.sleep(0.5)  # the authorised subscription reaches the PUB (no positive signal for it exists)
+        pusher = _peer(context, listen, keys / "client.key_secret", keys / "server.key")
+        for frames in _classified_stream("pub/0", "pub://clip", 5):
+            pusher.send_multipart(frames)
+        tracked = []
+        stages.wait_for("tracked frames at the authorised subscriber",
+                        lambda: (subscribers["authorised"].poll(50)
+                                 and tracked.append(decode(subscribers["authorised"].recv_multipart())))
+                        or len(tracked) == 5)
+        assert [m.seq for m in tracked] == [1, 2, 3, 4, 5]
+        assert not subscribers["plain"].poll(500), "the plain subscriber received a message"
+    finally:
+        context.destroy(linger=0)
+
+
+def test_a_plain_bind_beyond_loopback_needs_insecure(tmp_path):
+    """Without keys, binding a tcp:// address other than loopback is a usage error (exit 2, one
+    line); `--insecure` allows it with one warning line."""
+    port = free_port()
+    refused = emojimation("relay", "--listen", f"tcp://0.0.0.0:{port}", "--bind", free_tcp_address())
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--insecure" in lines[0] and "Traceback" not in refused.stderr, refused.stderr
+    relay = subprocess.Popen([sys.executable, "-m", "core.relay", "--listen", f"tcp://0.0.0.0:{port}", "--bind",
+                              free_tcp_address(), "--insecure", "--log-level", "INFO"],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **STAGE_ENV})
+    try:
+        warning = relay.stderr.readline()
+        assert "--insecure" in warning and "without encryption" in warning, warning
+        assert relay.poll() is None
+    finally:
+        relay.terminate()
+        relay.wait(10)
