@@ -78,6 +78,9 @@ class StageLinks:
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"  # text | json (one JSON object per line)
     insecure: bool = False  # allow a plain (unencrypted) tcp:// bind beyond loopback (one warning line)
+    # File runs: the ingest binds its acknowledgement input here; the aggregator connects to it.
+    acks: str = ""
+    restarts: int = 0  # times the supervisor restarted this stage (set on respawn; a metric)
 
 
 @dataclass
@@ -102,6 +105,12 @@ class IngestConfig(StageLinks):
     backoff_s: float = 0.5  # first reconnect delay; doubles per failure, with jitter ...
     backoff_max_s: float = 30.0  # ... up to this
     preview_bind: str = ""  # PUB the frames here for `monitor --preview` (empty = off)
+    # File runs with `acks`: frames not yet stored are kept (at most `window`) and sent again
+    # when no acknowledgement has come for `resend_after_s`.
+    window: int = 64
+    resend_after_s: float = 3.0
+    run: str = ""  # the run's id, in each Start's options: a restarted aggregator or --resume finds its sources
+    resume_command: str = ""  # the command that resumes the run, in each Start's options (the dashboard shows it)
 
 
 @dataclass
@@ -158,6 +167,11 @@ class AnalyseConfig:
     max_side: int = 1280
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
+    resume: bool = False  # continue the latest interrupted run of these inputs from what the store holds
+    # A stage silent (no heartbeat) this long is hung: killed and restarted, as is a stage that died,
+    # at most `restart_limit` times per stage within 60 s.
+    heartbeat_timeout_s: float = 10.0
+    restart_limit: int = 5
 
 
 @dataclass
@@ -247,6 +261,42 @@ class FinetuneConfig:
     consistency: float = 1.0
     class_weight_power: float = 0.3
     seed: int = 0  # the crops' renders and the epochs' shuffles; the hold-out comes from the start model
+    restart: bool = False
+    precision: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class DistillConfig:
+    """`emojimation distill`: one smaller student trained on the teachers' averaged soft answers
+    plus the true labels (training.distill), resumably; then calibrated and exported to int8 LiteRT."""
+
+    teachers: list[str] = field(default_factory=list)  # trained .keras models (at least one)
+    data: Path = DEFAULT_FER_DATA
+    split: str = "train"
+    # Detector crops of the training faces (the fine-tune's cache, `emojimation finetune`): each
+    # crop is learnt with its face's soft answer, so the student also answers steadily on crops.
+    pairs: Path | None = None
+    out: Path = PROJECT_ROOT / "runs" / "distill"  # not models/: ship a result by copying it there
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.02
+    warmup_epochs: int = 2
+    holdout_fraction: float = 0.05
+    class_weight_power: float = 0.3
+    # The loss: (1 - soft_weight) * label cross-entropy + soft_weight * T^2 * KL(teachers || student)
+    # at temperature T (Hinton et al. 2015; T^2 keeps the soft term's gradients at the label term's scale).
+    soft_weight: float = 0.7
+    temperature: float = 4.0
+    label_smoothing: float = 0.0  # the soft answers already smooth the targets
+    # The student: today's net at width 24 costs about 0.56x the FLOPs per crop of width 32; without
+    # flip TTA that is 0.28x per face. Both settings are choices to measure, not fixed facts.
+    width: int = 24
+    flip_tta: bool = False
+    average_last: int = 20  # ship the average of the last N epochs' weights (0/1: the last epoch)
+    seed: int = 0
+    limit: int | None = None  # distil on a shuffled subset of N faces (tests, smoke runs)
     restart: bool = False
     precision: str = "auto"
     threads: int | None = None

@@ -107,6 +107,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return finetune_command(_settings(cfg.FinetuneConfig, "finetune", args))
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from training.distill import run
+
+    run(_settings(cfg.DistillConfig, "distill", args))
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_command
 
@@ -149,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--config", help="TOML settings file ([finetune] table)")
     add_dataclass_flags(finetune, cfg.FinetuneConfig)
     finetune.set_defaults(handler=cmd_finetune)
+
+    distill = sub.add_parser("distill", help="train one smaller student on several teachers' soft answers "
+                                             "(resumes automatically), then calibrate and export it")
+    distill.add_argument("--config", help="TOML settings file ([distill] table)")
+    add_dataclass_flags(distill, cfg.DistillConfig)
+    distill.set_defaults(handler=cmd_distill)
 
     # Hand-made flags (a required --data, choices); defaults stay None so file and env settings apply.
     evaluate = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class table and confusion matrix")

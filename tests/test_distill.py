@@ -1,0 +1,98 @@
+"""`emojimation distill` on 20 real FER2013 faces per class: it runs, resumes after a kill,
+refuses mismatched settings, and writes a calibrated student with its int8 LiteRT export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+from core.emotions import EMOTIONS
+from core.model_io import DEFAULT_MODEL_PATH, EmotionModel
+from helpers_fer import build_small_fer, cli_command, cli_env, run_cli
+from training.distill import soft_targets
+
+
+def _distill_args(data, teachers, out) -> list[object]:
+    return ["distill", "--teachers", *teachers, "--data", data.split_root, "--split", "train", "--out", out,
+            "--epochs", 3, "--width", 8, "--batch-size", 32, "--average-last", 2]
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, fer_cache):
+    """A run SIGKILLed once epoch 2 is reported, then the same command again: it resumes at epoch 3."""
+    root = tmp_path_factory.mktemp("distill")
+    data = build_small_fer(root, {e: 20 for e in EMOTIONS})
+    second = root / "teacher-b.keras"  # a second teacher file (same weights: the mechanics are under test)
+    shutil.copyfile(DEFAULT_MODEL_PATH, second)
+    teachers = [DEFAULT_MODEL_PATH, second]
+    out = root / "out"
+    proc = subprocess.Popen(cli_command(*_distill_args(data, teachers, out)), cwd=root, env=cli_env(fer_cache),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 2/"):
+                os.kill(proc.pid, signal.SIGKILL)  # epoch 2 is saved; epoch 3 has begun
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after epoch 2"
+    result = run_cli(*_distill_args(data, teachers, out), cache_dir=fer_cache, cwd=root, timeout=300)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
+    return data, teachers, out, result.stdout
+
+
+def test_a_killed_run_resumes_where_it_stopped(distilled):
+    _data, _teachers, out, stdout = distilled
+    assert "resuming after epoch 2" in stdout
+    assert "epoch 1/" not in stdout and "epoch 3/3" in stdout
+    with (out / "history-distill.csv").open() as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3]
+
+
+def test_the_student_is_calibrated_and_exported(distilled):
+    data, teachers, out, _stdout = distilled
+    info = json.loads((out / "emojimation_cnn.json").read_text())
+    assert info["distilled_from"] == [str(t) for t in teachers]
+    assert info["weights"] == "average of epochs 2-3" and info["flip_tta"] is False
+    assert 0.05 < info["temperature"] < 20
+    faces = np.stack([f.pixels for f in data.faces[:10]])
+    for suffix in (".keras", ".tflite"):  # the int8 export the pipeline would run, and its source
+        probs = EmotionModel(out / f"emojimation_cnn{suffix}").probabilities(faces)
+        assert probs.shape == (10, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert len(list(out.glob("teacher-targets-*.npz"))) == 1  # computed once, reused on resume
+
+
+def test_mismatched_settings_are_refused(distilled, fer_cache):
+    data, teachers, out, _stdout = distilled
+    args = _distill_args(data, teachers, out)
+    args[args.index("--width") + 1] = 16
+    result = run_cli(*args, cache_dir=fer_cache, cwd=out.parent, timeout=300)
+    assert result.returncode == 1
+    assert "other settings (width)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_soft_targets_average_the_teachers_at_the_temperature():
+    logits = np.array([[[2.0, 0, 0, 0, 0, 0, 0]], [[0, 2.0, 0, 0, 0, 0, 0]]], np.float32)
+    soft = soft_targets(logits, temperature=2.0)
+    one = np.exp([1.0, 0, 0, 0, 0, 0, 0]) / np.exp([1.0, 0, 0, 0, 0, 0, 0]).sum()
+    np.testing.assert_allclose(soft[0, 0], (one[0] + one[1]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(soft[0, :2], soft[0, [1, 0]], rtol=1e-5)  # symmetric teachers
+    assert np.isclose(soft.sum(), 1.0)
+
+
+def test_a_teacher_that_is_not_a_keras_model_is_one_line(tmp_path, fer_cache):
+    result = run_cli("distill", "--teachers", tmp_path / "missing.keras", "--out", tmp_path,
+                     cache_dir=fer_cache, cwd=tmp_path)
+    assert result.returncode == 1 and "a teacher must be a trained .keras model file" in result.stderr
+    assert "Traceback" not in result.stderr
