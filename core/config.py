@@ -121,6 +121,9 @@ class DetectorConfig(StageLinks):
     margin: float | None = None  # crop margin; None = the preprocessing default
     threads: int = 1
     max_age_s: float = 0.0  # live: frames captured longer ago are dropped as stale (0 = never)
+    # Full detection every K-th frame a worker sees of a stream (and at scene changes); boxes are
+    # carried between (detector.schedule). 1 = every frame, today's default until measured otherwise.
+    detect_every: int = 1
 
 
 @dataclass
@@ -167,6 +170,7 @@ class AnalyseConfig:
     max_side: int = 1280
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
+    detect_every: int = 1  # full face detection every K-th frame, boxes carried between (DetectorConfig)
     resume: bool = False  # continue the latest interrupted run of these inputs from what the store holds
     # A stage silent (no heartbeat) this long is hung: killed and restarted, as is a stage that died,
     # at most `restart_limit` times per stage within 60 s.
@@ -190,6 +194,7 @@ class MonitorConfig:
     rtsp_transport: str = "tcp"
     stall_s: float = 5.0
     backoff_max_s: float = 30.0
+    detect_every: int = 1  # full face detection every K-th frame, boxes carried between (DetectorConfig)
     max_age_s: float = 1.0  # frames older than this when a detector gets them are dropped (newest wins)
     retention_days: float = 0.0
     preview: bool = False
@@ -608,7 +613,7 @@ def _validate(config: Any) -> None:
         raise ConfigError(f"tta {config.tta!r}: choose one of {', '.join(TTA_MODES)}")
     if isinstance(config, AggregatorConfig):
         rules_from_json(config.alert_rules)
-    for name in ("workers", "detector_workers", "max_batch"):
+    for name in ("workers", "detector_workers", "max_batch", "detect_every"):
         value = getattr(config, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")

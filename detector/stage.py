@@ -10,23 +10,27 @@ import cv2
 import numpy as np
 
 from core.config import DetectorConfig
-from core.messages import Faces, Frame, Message, header
+from core.messages import End, Faces, Frame, Message, header
 from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, CropGeometry, face_input
 from core.runtime import StageIO, running
-from detector.backends import FaceDetector, make_detector
+from detector.backends import make_detector
+from detector.schedule import ScheduledDetector
 
 logger = logging.getLogger(__name__)
 
 
-def detect_faces(detector: FaceDetector, frame: Frame, geometry: CropGeometry) -> Faces:
+def detect_faces(detector: ScheduledDetector, frame: Frame, geometry: CropGeometry) -> Faces:
     """Boxes in source pixels and crops from the frame, through the shared preprocessing."""
-    boxes, scores = detector.detect(frame.image)
+    boxes, scores, _full = detector.detect(frame.stream, frame.frame_index, frame.image)
     crops = np.stack([face_input(frame.image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
         if len(boxes) else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
-    return Faces(**header(frame), frame_index=frame.frame_index, boxes=(boxes * frame.scale).astype(np.float32), scores=scores, crops=crops)
+    return Faces(**header(frame), frame_index=frame.frame_index, boxes=(boxes * frame.scale).astype(np.float32),
+                 scores=scores, crops=crops)
 
 
-def handle(message: Message, detector: FaceDetector, geometry: CropGeometry, io: StageIO) -> Message:
+def handle(message: Message, detector: ScheduledDetector, geometry: CropGeometry, io: StageIO) -> Message:
+    if isinstance(message, End):
+        detector.forget(message.stream)
     if not isinstance(message, Frame):
         return message  # stream control (Start, End) passes through
     try:
@@ -40,7 +44,8 @@ def handle(message: Message, detector: FaceDetector, geometry: CropGeometry, io:
 def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     cv2.setNumThreads(config.threads)
-    detector = make_detector(config.detector, config.min_score, config.min_face, config.threads)
+    detector = ScheduledDetector(make_detector(config.detector, config.min_score, config.min_face, config.threads),
+                                 config.detect_every)
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:
         geometry = CropGeometry(config.margin, geometry.shift_y)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +19,7 @@ from core.messages import Status, StatusEvent
 from core.model_io import ModelInfo, default_model, metadata_path
 from core.store import Store
 from emojimation.results import Results, collect, write
-from emojimation.supervisor import PipelineError, Supervisor, describe_death
+from emojimation.supervisor import PipelineError, RestartBudget, Supervisor, describe_death, record_event
 from emojimation.topology import Topology, boot
 from ingest.media import MediaInfo, expected_frames, probe, sampling_ratio
 
@@ -66,16 +68,24 @@ class StreamResult:
 
 @dataclass
 class FileRun:
-    """One `analyse` run over files: the stage processes, results per input, progress."""
+    """One `analyse` run over files: the stage processes, results per input, progress.
+
+    A stage that dies, or hangs (no heartbeat for `heartbeat_timeout_s`: killed first), is
+    started again after a backoff, at most `budget.limit` times a minute; nothing it held is
+    lost, because ingest sends again what the aggregator has not acknowledged as stored."""
 
     supervisor: Supervisor
     inputs: list[str]
     topology: Topology
     on_progress: Callable[[int], None] = lambda frames: None
+    store_url: str = ""  # restarts and hangs are recorded here as events
+    heartbeat_timeout_s: float = 10.0
+    budget: RestartBudget = field(default_factory=RestartBudget)
     results: list[StreamResult] = field(default_factory=list)
     by_stream: dict[str, StreamResult] = field(default_factory=dict)
     ingest_done: bool = False
     last_progress: float = 0.0
+    restart_at: dict[str, float] = field(default_factory=dict)  # a dead stage's name -> when it starts again
 
     def start(self) -> None:
         self.results = [StreamResult(i, path) for i, path in enumerate(self.inputs)]
@@ -115,31 +125,57 @@ class FileRun:
         self.by_stream = {f"in/{r.index}": r for r in self.results}
         self.ingest_done = False
         self.last_progress = time.monotonic()
-        ingest = next(c for c in self.supervisor.children if c.name == INGEST)
         while True:
             for report in self.supervisor.statuses(200):
                 self._apply(report)
             if self.ingest_done and all(r.status in ("done", "failed") for r in self.results):
                 return self.results
-            dead = self.supervisor.dead_child(ignore={INGEST})
-            if dead is not None:
-                raise PipelineError(describe_death(dead))
-            if ingest.process.poll() is not None and not self.ingest_done:
-                for report in self.supervisor.statuses(500):  # it reports "finished" just before exiting
-                    self._apply(report)
-                if not self.ingest_done:
-                    raise PipelineError(describe_death(ingest))
+            self._revive()
             if time.monotonic() - self.last_progress > stall_timeout_s:
                 raise PipelineError(f"no progress for {stall_timeout_s:.0f} s; the pipeline is stuck")
 
+    def _revive(self) -> None:
+        """Kill what hung; start again what died, after its backoff, while its budget lasts."""
+        for child in self.supervisor.kill_hung(self.heartbeat_timeout_s):
+            self._event("stage-hung", f"{child.name} sent no status for {self.heartbeat_timeout_s:g} s "
+                                      "and was killed")
+        now = time.monotonic()
+        for child in self.supervisor.children:
+            if child.process is None or child.process.poll() is None:
+                continue
+            if child.name == INGEST and not self.ingest_done:
+                for report in self.supervisor.statuses(500):  # it reports "finished" just before exiting
+                    self._apply(report)
+            if child.name == INGEST and self.ingest_done:
+                continue  # its work is done (every stream it sent is stored)
+            if child.name in self.restart_at:
+                if now >= self.restart_at[child.name]:
+                    del self.restart_at[child.name]
+                    self.supervisor.respawn(child)
+                continue
+            delay = self.budget.spend(child.name, now)
+            if delay is None:
+                raise PipelineError(f"{describe_death(child)}; restarted {self.budget.limit} times in "
+                                    f"{self.budget.window_s:.0f} s, giving up")
+            logger.warning("%s; restarting it in %.2f s", describe_death(child), delay)
+            self._event("stage-restarted", describe_death(child))
+            self.restart_at[child.name] = now + delay
 
-def file_topology(config: AnalyseConfig, paths: list[str]) -> Topology:
+    def _event(self, kind: str, message: str) -> None:
+        if self.store_url:
+            record_event(self.store_url, kind, message)
+
+
+def file_topology(config: AnalyseConfig, paths: list[str], run: str = "", resume_command: str = "") -> Topology:
     """The pipeline `analyse` runs: one ingest streaming every input, detector and classifier
-    workers, one aggregator writing to the store."""
+    workers, one aggregator writing to the store and acknowledging what it stored to ingest."""
     return Topology(
         ingests={INGEST: IngestConfig(inputs=paths, fps=config.fps, every_frame=config.every_frame,
-                                      max_side=config.max_side, stream_prefix="in")},
-        detector=DetectorConfig(detector=config.detector), detectors=config.detector_workers,
+                                      max_side=config.max_side, stream_prefix="in", run=run,
+                                      resume_command=resume_command)},
+        acknowledged=True,
+        detector=DetectorConfig(detector=config.detector, detect_every=config.detect_every),
+        detectors=config.detector_workers,
         classifier=ClassifierConfig(model=config.model), classifiers=config.workers,
         aggregator=AggregatorConfig(store=config.store or default_store_url(), thumbnails=config.thumbnails,
                                     model_name=model_name(config.model)),
@@ -158,24 +194,83 @@ def model_summary(model: str) -> dict[str, Any]:
             "flip_tta": info.flip_tta, "labels": info.labels}
 
 
-def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: bool
+@dataclass
+class RunPlan:
+    """Which run this is: a new one, or with `--resume` the latest run of these inputs, and the
+    inputs that run already stored completely (path -> source id: not analysed again)."""
+
+    run: str
+    stored: dict[str, int] = field(default_factory=dict)
+
+
+def plan_run(config: AnalyseConfig, inputs: list[MediaInfo]) -> RunPlan:
+    """A new run id; with `resume`, the latest run of these inputs if it analysed them the same
+    way (sampling, model), its finished inputs, and a `run-resumed` event per input it carries on."""
+    new = RunPlan(uuid.uuid4().hex[:12])
+    if not config.resume or not inputs:
+        return new
+    uris = {info.path: str(Path(info.path).resolve()) for info in inputs}
+    store_url = config.store or default_store_url()
+    with Store(store_url) as store:
+        latest = store.latest_run(list(uris.values()))
+        if latest is None:
+            logger.warning("--resume: no earlier run of these inputs in the store; starting afresh")
+            return new
+        options = json.loads(latest["options"])
+        if options.get("fps") != (None if config.every_frame else config.fps) or \
+                latest["model"] != model_name(config.model):
+            logger.warning("--resume: the latest run used other settings; starting afresh")
+            return new
+        plan = RunPlan(str(options["run"]))
+        for path, uri in uris.items():
+            row = store.run_source(uri, plan.run)
+            if row is None:
+                continue
+            if row["status"] == "done":
+                plan.stored[path] = int(row["id"])
+            elif row["status"] in ("analysing", "interrupted"):
+                store.add_event(int(row["id"]), "run-resumed",
+                                f"{row['name']}: resumed after {int(row['frames_analysed'])} stored frames",
+                                {"run": plan.run, "frames": int(row["frames_analysed"])})
+    return plan
+
+
+def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: bool, resume_command: str = ""
                  ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Analyse readable inputs; returns (path, source id) for successes and (path, reason) failures."""
+    """Analyse readable inputs; returns (path, source id) for successes and (path, reason) failures.
+    With `config.resume`, inputs the resumed run stored completely are not analysed again."""
     from tqdm import tqdm
 
+    plan = plan_run(config, inputs)
+    todo = [info for info in inputs if info.path not in plan.stored]
     total = sum(_frames_to_analyse(info, config) for info in inputs)
-    paths = [info.path for info in inputs]
+    paths = [info.path for info in todo]
     bar = tqdm(total=total, unit="frame", desc="analysing", disable=not show_progress, file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
-    with Supervisor(transport=config.transport) as supervisor:
-        run = FileRun(supervisor, paths, file_topology(config, paths), on_progress=bar.update)
-        try:
-            run.start()
-            results = run.wait(config.stall_timeout_s)
-        finally:
-            bar.close()
-    done = [(r.path, int(r.source_id)) for r in results if r.status == "done" and r.source_id is not None]
-    failed = [(r.path, r.error or "failed") for r in results if r.status != "done"]
+    bar.update(sum(_frames_to_analyse(info, config) for info in inputs if info.path in plan.stored))
+    results: list[StreamResult] = []
+    if paths:
+        with Supervisor(transport=config.transport) as supervisor:
+            run = FileRun(supervisor, paths, file_topology(config, paths, plan.run, resume_command),
+                          on_progress=bar.update, store_url=config.store or default_store_url(),
+                          heartbeat_timeout_s=config.heartbeat_timeout_s,
+                          budget=RestartBudget(limit=config.restart_limit))
+            try:
+                run.start()
+                results = run.wait(config.stall_timeout_s)
+            finally:
+                bar.close()
+    bar.close()
+    finished = {r.path: r for r in results}
+    done, failed = [], []
+    for info in inputs:
+        result = finished.get(info.path)
+        if info.path in plan.stored:
+            done.append((info.path, plan.stored[info.path]))
+        elif result is not None and result.status == "done" and result.source_id is not None:
+            done.append((info.path, int(result.source_id)))
+        else:
+            failed.append((info.path, (result.error if result else "") or "failed"))
     return done, failed
 
 
@@ -218,6 +313,11 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes this run (shown by the dashboard for an interrupted source)."""
+    return shlex.join(["emojimation", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
 def analyse_command(config: AnalyseConfig) -> int:
     _interrupt_on_sigterm()
     started = time.monotonic()
@@ -229,7 +329,7 @@ def analyse_command(config: AnalyseConfig) -> int:
     failed: list[tuple[str, str]] = []
     if good:
         try:
-            done, failed = run_pipeline(config, good, config.progress)
+            done, failed = run_pipeline(config, good, config.progress, resume_command(sys.argv[1:]))
         except PipelineError as error:
             error_line(str(error))
             return 1
@@ -248,6 +348,10 @@ def analyse_command(config: AnalyseConfig) -> int:
             extra = annotate_videos(results, Path(config.out))
     results.summary["elapsed_s"] = round(time.monotonic() - started, 3)
     written = write(results, Path(config.out), extra)
+    if config.annotate:  # the dashboard's player shows the annotated MP4 (issue 20)
+        from emojimation.annotate import record_annotated
+
+        record_annotated(store_url, done, results.summary, Path(config.out))
     if config.json:
         print(json.dumps(results.summary, indent=2))
     else:

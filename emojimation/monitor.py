@@ -31,19 +31,17 @@ from core import config as cfg
 from core.config import (
     AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
 )
-from core.errors import ConfigError, EmojimationError, database_errors
+from core.errors import ConfigError
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
 from core.runtime import redact
 from core.security import LinkSecurity
-from core.store import Store
 from emojimation.analysis import model_name
-from emojimation.supervisor import Supervisor, describe_death
+from emojimation.supervisor import (
+    RESTART_LIMIT, RESTART_WINDOW_S, RestartBudget, Supervisor, describe_death, record_event,
+)
 from emojimation.topology import SharedLinks, Topology, boot
 
 logger = logging.getLogger("emojimation.monitor")
-
-RESTART_LIMIT = 5  # restarts of one stage within RESTART_WINDOW_S before the monitor gives up
-RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -136,7 +134,7 @@ class Monitor:
         self.supervisor = supervisor
         self.stop = stop
         self.cameras = {f"cam{i}/{c.name}": CameraStats(c.name) for i, c in enumerate(plan.cameras)}
-        self.restarts: dict[str, deque] = {}
+        self.budget = RestartBudget()
         self.paused_until: dict[str, float] = {}  # a crash-looping camera ingest waits until then
         self.ready: set[str] = set()
         self.preview: Preview | None = None
@@ -163,7 +161,8 @@ class Monitor:
             return Topology(ingests=ingests, shared=shared)
         return Topology(
             ingests=ingests, shared=shared,
-            detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s),
+            detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s,
+                                    detect_every=settings.detect_every),
             detectors=settings.detector_workers,
             classifier=ClassifierConfig(model=settings.model), classifiers=settings.workers,
             aggregator=AggregatorConfig(
@@ -237,30 +236,22 @@ class Monitor:
         other cameras go on), while a shared stage, which every camera needs, ends the monitor."""
         if self.stop.is_set():
             return
-        for child in self.supervisor.hung_children(self.config.heartbeat_timeout_s):
-            logger.error("%s sent no status for %.0f s (hung); killing it", child.name,
-                         time.monotonic() - child.last_seen)
-            child.process.kill()
-            child.process.wait(5)
+        for child in self.supervisor.kill_hung(self.config.heartbeat_timeout_s):
             self._record_event("stage-hung", f"{child.name} sent no status for "
                                              f"{self.config.heartbeat_timeout_s:.0f} s and was killed")
         now = time.monotonic()
         for child in list(self.supervisor.children):
             if child.process is None or child.process.poll() is None or now < self.paused_until.get(child.name, 0):
                 continue
-            history = self.restarts.setdefault(child.name, deque())
-            while history and now - history[0] > RESTART_WINDOW_S:
-                history.popleft()
-            if len(history) >= RESTART_LIMIT:
+            if self.budget.spend(child.name, now) is None:  # restarted at once: cameras wait for no one
                 gave_up = f"{describe_death(child)}; restarted {RESTART_LIMIT} times in {RESTART_WINDOW_S:.0f} s"
                 if not child.name.startswith("camera-"):
                     raise ConfigError(f"{gave_up}, giving up")
                 self.paused_until[child.name] = now + RESTART_WINDOW_S
-                history.clear()
+                self.budget.clear(child.name)
                 logger.error("%s; trying again in %.0f s (the other cameras go on)", gave_up, RESTART_WINDOW_S)
                 self._record_event("stage-paused", f"{gave_up}; next try in {RESTART_WINDOW_S:.0f} s")
                 continue
-            history.append(now)
             logger.error("%s; restarting it", describe_death(child))
             self._record_event("stage-restarted", describe_death(child))
             self.supervisor.respawn(child)
@@ -272,14 +263,8 @@ class Monitor:
                         self.supervisor.respawn(camera)
 
     def _record_event(self, kind: str, message: str) -> None:
-        """Restarts and hangs are events in the store (the dashboard's events page lists them)."""
-        if self.config.stages != "all":
-            return  # a remote pipeline's store is not ours to write
-        try:
-            with Store(self.config.store or default_store_url()) as store:
-                store.add_event(None, kind, message)
-        except (EmojimationError, OSError, *database_errors()) as error:
-            logger.warning("could not record the %s event: %s", kind, error)
+        if self.config.stages == "all":  # a remote pipeline's store is not ours to write
+            record_event(self.config.store or default_store_url(), kind, message)
 
     def summary(self) -> list[dict[str, Any]]:
         for report in self.supervisor.statuses(300):
