@@ -21,7 +21,7 @@ can be the longest).
     .venv/bin/python -m bench.agreement [--seeds 7 11 13] [--faces 42] [--detectors haar blazeface]
                                         [--models models/emojimation_cnn.tflite other.tflite]
                                         [--margins 0.05] [--low-pass 0 0.5] [--jitter none shift9]
-                                        [--match-iou 0.5] [--val] [--work DIR]
+                                        [--match-iou 0.5] [--val] [--work DIR] [--detect-every 1 5]
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
-def run_pipeline(clip: Path, detector: str, home: Path) -> pd.DataFrame:
+def run_pipeline(clip: Path, detector: str, home: Path, detect_every: int = 1) -> pd.DataFrame:
     """The real `analyse --every-frame` on the clip (once: its detections.csv is reused)."""
-    out = home / f"{clip.stem}-{detector}"
+    out = home / f"{clip.stem}-{detector}" if detect_every == 1 else home / f"{clip.stem}-{detector}-k{detect_every}"
     if not (out / "detections.csv").exists():
         subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--out", str(out),
-                        "--detector", detector, "--every-frame", "--store", f"sqlite:///{home}/s.db"],
+                        "--detector", detector, "--every-frame", "--detect-every", str(detect_every),
+                        "--store", f"sqlite:///{home}/s.db"],
                        check=True, capture_output=True, text=True, env={**os.environ, "EMOJIMATION_HOME": str(home)})
     return pd.read_csv(out / "detections.csv")
 
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--val", action="store_true",
                         help="also print each model's FER2013 val accuracy with each jitter and low-pass")
     parser.add_argument("--work", type=Path, default=None, help="keep clips and pipeline outputs here (reused)")
+    parser.add_argument("--detect-every", type=int, nargs="+", default=[1],
+                        help="analyse's --detect-every values to score (each reported as DETECTOR@kK when not 1)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -215,8 +218,9 @@ def main() -> None:
         frames = decode(clip)
         for jitter in args.jitter:
             report(seed, schedule, "pasted", 0.0, jitter, pasted_crops(frames, schedule, 10.0, jitter))
-        for detector in args.detectors:
-            detections = run_pipeline(clip, detector, work)
+        for detector, every in [(d, k) for d in args.detectors for k in args.detect_every]:
+            detections = run_pipeline(clip, detector, work, every)
+            label = detector if every == 1 else f"{detector}@k{every}"
             segments = segment_rows(detections, schedule, args.match_iou)
             own = DETECTOR_CROPS[detector]
             if shipped is not None:  # always on the longest tracks: those are the pipeline's own rows
@@ -224,7 +228,7 @@ def main() -> None:
                 check_recut(shipped, track_crops(frames, longest, own), longest)
             for margin in [own.margin] + [m for m in args.margins or [] if m != own.margin]:
                 for jitter in args.jitter:
-                    report(seed, schedule, detector, margin, jitter,
+                    report(seed, schedule, label, margin, jitter,
                            track_crops(frames, segments, CropGeometry(margin, own.shift_y), jitter))
     if args.val:
         val = load_folder(require_shared_data() / "fer2013" / "val")
