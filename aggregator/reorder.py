@@ -57,9 +57,10 @@ class Reorder:
         """Messages waiting, for a gap to fill or for their stream's Start."""
         return sum(len(order.waiting) for order in self.streams.values()) + sum(map(len, self.early.values()))
 
-    def open(self, stream: str, live: bool) -> list[Message]:
-        """Start ordering a stream (its Start came); returns its early messages that are now due."""
-        self.streams[stream] = _Order(live)
+    def open(self, stream: str, live: bool, next_seq: int = 1) -> list[Message]:
+        """Start ordering a stream (its Start came) at `next_seq` (after the frames already stored,
+        when a stream carries on: earlier ones are duplicates); returns its early messages now due."""
+        self.streams[stream] = _Order(live, next_seq)
         released: list[Message] = []
         for _seq, message in sorted(self.early.pop(stream, {}).items()):
             released += self.push(message)

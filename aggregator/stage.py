@@ -6,6 +6,13 @@ smoothed timelines (tracks.py), and its rows are written in small transactions (
 the dashboard sees a source grow. A stream's End finalises its tracks and marks the source
 done, or deletes its partial rows if ingest reported an error.
 
+File runs deliver at least once: each flush acknowledges the stream's stored frames to ingest
+(`Ack`), which sends again what is not stored in time, so duplicates are dropped by (stream,
+seq). A Start whose run already made a source carries on with it (a restarted aggregator,
+`analyse --resume`): the stored rows are replayed through the same tracker, and the stream
+goes on after its last stored frame. An aggregator stopped mid-file marks the source
+interrupted and keeps its rows for `--resume`.
+
 Camera streams are live: a missing sequence number (a frame dropped as stale anywhere
 upstream) is waited for only `reorder_window_s`, then counted as dropped and skipped; rows
 are written as they come; the camera's status changes (sent in the stream by ingest) become
@@ -59,6 +66,7 @@ class Aggregator:
         self.config = config
         self.io = io
         self.streams: dict[str, Stream] = {}
+        self.finished: dict[str, int] = {}  # file streams closed here: their End's seq, acknowledged again on demand
         self.order = Reorder(config.reorder_window_s, self._drop)
         self.early_status: dict[str, list[Status]] = {}  # camera statuses that beat their stream's Start
         self.writer = Writer(store, config, io)
@@ -75,6 +83,9 @@ class Aggregator:
     def accept(self, message: Message) -> None:
         if isinstance(message, Status):
             self._camera_status(message)
+        elif message.stream in self.finished and message.stream not in self.streams:
+            self._drop("duplicate", message)  # sent again because its ack was lost: say so again
+            self._ack(message.stream, self.finished[message.stream])
         elif isinstance(message, Start):
             self._open(message)
         else:
@@ -95,7 +106,7 @@ class Aggregator:
                 stream.source.disconnect("monitor stopped")
                 self._report_camera_stopped(stream)
             else:
-                stream.source.fail("stopped before the end of the input")
+                stream.source.interrupt()
             self._forget(key)
         if self.webhooks is not None:
             self.webhooks.drain(2.0)
@@ -104,17 +115,45 @@ class Aggregator:
 
     # --- stream lifecycle -----------------------------------------------------------------
     def _open(self, start: Start) -> None:
+        if start.stream in self.streams:  # sent again (a lost or slow ack): where the stream stands
+            self._ack(start.stream, self.streams[start.stream].source.flushed_frames)
+            return
         if start.kind == "camera":
             for key, earlier in list(self.streams.items()):  # the same camera's previous ingest run
                 if earlier.live and earlier.start.uri == start.uri:
                     earlier.source.flush(earlier.tracks)
                     self._forget(key)
         source = self.writer.open(start)
-        self.streams[start.stream] = Stream(start, StreamTracks(self.config, start, source.next_track_id()), source)
+        if source.status == "done" and not source.live:  # stored completely before a restart
+            self._close_done(start.stream, source.source_id, source.frames_analysed)
+            return
+        tracks = StreamTracks(self.config, start, source.next_track_id() if source.live else 1)
+        if source.frames_analysed and not source.live:
+            self._resume(start, source, tracks)
+        self.streams[start.stream] = Stream(start, tracks, source)
         self._report(StatusEvent.SOURCE_OPENED, start.stream, source_id=source.source_id)
         for status in self.early_status.pop(start.stream, []):
             self._camera_status(status)
-        self._process(self.order.open(start.stream, source.live))
+        if not source.live:
+            self._ack(start.stream, source.flushed_frames)
+        self._process(self.order.open(start.stream, source.live, 1 if source.live else source.flushed_frames + 1))
+
+    def _resume(self, start: Start, source: SourceWriter, tracks: StreamTracks) -> None:
+        """Carry on with a file source this run stored part of: replay its rows through the tracker."""
+        mismatched = tracks.replay(self.writer.store.faces(source.source_id),
+                                   self.io.beat if self.io else lambda: None)
+        if mismatched:
+            logger.error("%s: %d stored rows got another track ID on replay", start.uri, mismatched)
+        if self.io:
+            self.io.counters.resumed += 1
+        logger.warning("%s: carrying on after %d stored frames (%d tracks)", start.uri, source.frames_analysed,
+                       len(tracks.timelines))
+
+    def _close_done(self, key: str, source_id: int, frames: int) -> None:
+        """A file stream stored completely: acknowledge its End (seq = frames + 1) and report it done."""
+        self.finished[key] = frames + 1
+        self._report(StatusEvent.DONE, key, source_id=source_id, frames_analysed=frames)
+        self._ack(key, frames + 1)
 
     def _close(self, stream: Stream, end: End) -> None:
         key = stream.start.stream
@@ -125,12 +164,14 @@ class Aggregator:
             self._report_camera_stopped(stream)
         elif end.error:
             source.fail(end.error)
+            self.finished[key] = end.seq
+            self._ack(key, end.seq)
             self._report(StatusEvent.FAILED, key, source_id=source.source_id, error=end.error)
         else:
             source.finish(stream.tracks)
             logger.info("%s done: %d frames, %d with faces, %d tracks", stream.start.uri, source.frames_analysed,
                         source.frames_with_faces, len(stream.tracks.timelines))
-            self._report(StatusEvent.DONE, key, source_id=source.source_id, frames_analysed=source.frames_analysed)
+            self._close_done(key, source.source_id, source.frames_analysed)
 
     def _forget(self, key: str) -> None:
         self.streams.pop(key, None)
@@ -187,6 +228,10 @@ class Aggregator:
         if self.io:
             self.io.counters.drop(reason)
         logger.warning("dropped %s message %s/%d (%s)", type(message).__name__, message.stream, message.seq, reason)
+
+    def _ack(self, stream: str, seq: int) -> None:
+        if self.io:
+            self.io.ack(stream, seq)
 
     def _report(self, event: StatusEvent, stream: str, **detail: Any) -> None:
         if self.io:

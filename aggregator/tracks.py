@@ -6,13 +6,17 @@ with its track ID and smoothed probabilities) and TrackRows (one summary per tra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
+import numpy as np
+import pandas as pd
 
 from aggregator.timeline import TrackTimeline
 from aggregator.tracker import FaceTracker
 from core.config import AggregatorConfig
-from core.messages import Classified, Start
-from core.store import FaceRow, TrackRow
+from core.messages import CROP_SIZE, Classified, Start
+from core.store import PROB_COLUMNS, FaceRow, TrackRow
 
 
 def frame_step_s(start: Start) -> float:
@@ -37,8 +41,9 @@ class StreamTracks:
         self.tracker.next_id = next_track_id
         self.timelines: dict[int, TrackTimeline] = {}
 
-    def add(self, time_s: float, frame: Classified) -> list[FaceRow]:
-        """The frame's faces as rows, in the frame's order (none for a frame without faces)."""
+    def add(self, time_s: float, frame: Classified, replaying: bool = False) -> list[FaceRow]:
+        """The frame's faces as rows, in the frame's order (none for a frame without faces).
+        `replaying` stored rows keeps no thumbnail (their crops are not stored)."""
         n = len(frame.boxes)
         if n == 0:
             return []
@@ -53,7 +58,7 @@ class StreamTracks:
             if timeline is None:
                 timeline = self.timelines[track_id] = TrackTimeline(track_id, self.config.smoothing_s)
             smoothed = timeline.add(time_s, frame.probs[i])
-            if self.config.thumbnails:
+            if self.config.thumbnails and not replaying:
                 timeline.keep_thumbnail(float(frame.scores[i]), frame.crops[i])
             rows.append(FaceRow(
                 frame=frame.frame_index, time_s=time_s, captured_at=frame.capture_time,
@@ -61,6 +66,31 @@ class StreamTracks:
                 probs=frame.probs[i].tolist(), smoothed=smoothed.tolist(),
             ))
         return rows
+
+    def replay(self, faces: pd.DataFrame, beat: Callable[[], None] = lambda: None) -> int:
+        """Rebuild the tracker and the timelines from a stream's stored rows (in frame order), as
+        a restarted aggregator or `--resume` must: the stored numbers are the float32 values the
+        messages carried, so the same tracker gives the same IDs and smoothing bit for bit.
+        Returns how many rows got another track ID than the stored one (0 unless the code changed);
+        `beat` is called as it goes (a long replay is not a hang)."""
+        mismatched = 0
+        if faces.empty:
+            return mismatched
+        frames = faces["frame"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]])
+        for first, end in zip(starts, np.r_[starts[1:], len(frames)]):
+            rows = faces.iloc[first:end]
+            n = len(rows)
+            message = Classified(stream="", seq=0, source_time=float(rows["time_s"].iloc[0]),
+                                 frame_index=int(frames[first]),
+                                 boxes=rows[["x", "y", "w", "h"]].to_numpy(np.float32),
+                                 scores=rows["score"].to_numpy(np.float32),
+                                 crops=np.zeros((n, CROP_SIZE, CROP_SIZE), np.uint8),
+                                 probs=rows[PROB_COLUMNS].to_numpy(np.float32))
+            replayed = self.add(message.source_time, message, replaying=True)
+            beat()
+            mismatched += sum(row.track_id != int(stored) for row, stored in zip(replayed, rows["track_id"]))
+        return mismatched
 
     def track_rows(self) -> list[TrackRow]:
         """Every track's summary so far (segments are recomputed from the whole track)."""

@@ -38,7 +38,8 @@ class SourceWriter:
     """One stream's source row and the face rows on their way to it, with the counters it shows.
 
     A camera's row is reused across its ingest runs (`row` is what it holds): its counters and
-    its timeline continue from there."""
+    its timeline continue from there. So is a file's row when its run carries on (a restarted
+    aggregator, `analyse --resume`)."""
 
     def __init__(self, store: Store, start: Start, source_id: int, io: StageIO | None = None,
                  row: dict[str, Any] | None = None) -> None:
@@ -52,6 +53,8 @@ class SourceWriter:
         self.frames_analysed, self.frames_with_faces, self.faces, self.frames_dropped = (
             int(row.get(name) or 0) for name in SOURCE_COUNTERS)
         self.last_time_s = 0.0
+        self.stored_duration_s = float(row.get("duration_s") or 0.0)  # a continued file's, so far
+        self.status = str(row.get("status") or "")  # a continued source's status when it was opened
         self.rows: list[FaceRow] = []
         self.flushed_frames = self.frames_analysed
         self.tracks_written_at = 0.0
@@ -74,6 +77,7 @@ class SourceWriter:
     def progress(self) -> dict[str, int | float]:
         """The source row's counters; the duration includes the last frame's own length."""
         duration = self.last_time_s + (1.0 / self.start.source_fps if self.start.source_fps else 0.0)
+        duration = max(duration, self.stored_duration_s)
         progress = {"frames_analysed": self.frames_analysed, "frames_with_faces": self.frames_with_faces,
                     "faces": self.faces, "duration_s": duration}
         if self.live:
@@ -81,8 +85,10 @@ class SourceWriter:
         return progress
 
     def flush(self, tracks: StreamTracks | None = None) -> None:
-        """Store the rows so far with the counters; given `tracks`, then their summaries too."""
-        self.store.add_faces(self.source_id, self.rows, self.progress())
+        """Store the rows so far with the counters; given `tracks`, then their summaries too.
+        A file's frames are then acknowledged to ingest, which may forget them."""
+        self.store.add_faces(self.source_id, self.rows, self.progress(),
+                             after_frames=None if self.live else self.flushed_frames)
         stored = time.time()
         if self.io:
             self.io.metrics.observe_stored((row.captured_at for row in self.rows), stored)
@@ -93,6 +99,8 @@ class SourceWriter:
         if self.io:
             self.io.report(StatusEvent.PROGRESS, self.start.stream, source_id=self.source_id,
                            frames_analysed=self.frames_analysed)
+            if not self.live:
+                self.io.ack(self.start.stream, self.frames_analysed)
         if tracks is not None:
             self.store.write_tracks(self.source_id, tracks.track_rows())
 
@@ -110,6 +118,11 @@ class SourceWriter:
         """A file's End: everything stored, then the source marked done (replacing earlier results)."""
         self.flush(tracks)
         self.store.finish_source(self.source_id, **self.progress())
+
+    def interrupt(self) -> None:
+        """A file stopped before its end: what arrived is stored and kept for `--resume`."""
+        self.flush()
+        self.store.interrupt_source(self.source_id)
 
     def fail(self, error: str) -> None:
         """A file that ended with an error, or never ended: its partial rows are deleted."""
@@ -161,8 +174,15 @@ class Writer:
         self.retention_at = 0.0
 
     def open(self, start: Start) -> SourceWriter:
-        """A new source row for a file; for a camera its existing one (status `connecting`)."""
+        """A new source row for a file, or the one its run made before (a restarted aggregator,
+        `--resume`: it carries on); for a camera its existing one (status `connecting`)."""
         if start.kind != "camera":
+            run = str(start.options.get("run") or "")
+            row = self.store.run_source(start.uri, run) if run else None
+            if row is not None and row["status"] in ("analysing", "interrupted", "done"):
+                if row["status"] == "interrupted":
+                    self.store.update_source(int(row["id"]), status="analysing")
+                return SourceWriter(self.store, start, int(row["id"]), self.io, row)
             source_id = self.store.create_source(
                 start.kind, start.uri, start.name or start.uri, "analysing",
                 source_fps=start.source_fps, width=start.width, height=start.height,

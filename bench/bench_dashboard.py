@@ -1,6 +1,6 @@
 """Benchmark (not a test): the dashboard's timeline page for a one-hour, 180,000-row source.
 
-    .venv/bin/python -m bench.bench_dashboard [--out docs/benchmarks-dashboard.md] [--no-browser]
+    .venv/bin/python -m bench.bench_dashboard [--out docs/benchmarks-dashboard.md] [--no-browser] [--video-only]
 
 Measures, on a synthetic source of 1 h at 10 fps with 5 tracks written through the Store:
 - server time to build the timeline page: the Dash Pages routing request for `/source/<id>`
@@ -9,6 +9,12 @@ Measures, on a synthetic source of 1 h at 10 fps with 5 tracks written through t
 - server time of a zoom (re-downsampling a 60 s window) and of a live poll that finds no change;
 - the browser's time to render the page in headless Chromium, split into the routing request
   (server + transfer, from the Resource Timing API) and drawing (request end to all traces drawn).
+- serving a source's video (issue 20): a 100 MB H.264 MP4 from the real `emojimation dashboard`
+  process (waitress, as a user runs it), over fresh loopback connections: the time to the first
+  byte of the whole file (`Range: bytes=0-`, what a <video> element asks first) and of a seek to
+  its middle (`Range: bytes=MIDDLE-`, answered 206), with the file in the page cache (warm) and
+  evicted from it first (cold, `posix_fadvise(DONTNEED)` on that file only).
+  `--video-only` measures just this and prints its Markdown section.
 The figures go to a Markdown file with the machine they were measured on.
 """
 
@@ -192,6 +198,144 @@ def measure_browser(url: str, source_id: int) -> dict[str, Any]:
     }
 
 
+VIDEO_BYTES = 100 * 1000 * 1000
+VIDEO_REPEATS = 21
+VIDEO_TARGETS_MS = {"first": 200.0, "seek": 300.0}
+
+
+def make_video(path: Path, size: int = VIDEO_BYTES) -> float:
+    """A real H.264 MP4 (+faststart) of at least `size` bytes: 1280x720 test pattern at 20 Mbit/s."""
+    import subprocess
+
+    seconds = size * 8 / 20e6 * 1.15  # x264 lands a little under the asked rate
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+                    "-t", f"{seconds:.1f}", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "20M",
+                    "-minrate", "20M", "-maxrate", "20M", "-bufsize", "20M", "-pix_fmt", "yuv420p",
+                    "-movflags", "+faststart", str(path)], check=True)
+    if path.stat().st_size < size:
+        raise RuntimeError(f"{path}: {path.stat().st_size} bytes, wanted at least {size}")
+    return seconds
+
+
+def _first_byte(port: int, path: str, byte_range: str, first_kb: int = 256) -> dict[str, Any]:
+    """One request on a fresh connection: (status, ms to the first body byte, ms to `first_kb` KB)."""
+    import http.client
+
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Range": byte_range})
+        response = connection.getresponse()
+        first = response.read(1)
+        first_at = time.perf_counter()
+        got, want = len(first), first_kb * 1024
+        while got < want:
+            chunk = response.read(min(65536, want - got))
+            if not chunk:
+                break
+            got += len(chunk)
+        return {"status": response.status, "content_range": response.getheader("Content-Range"),
+                "first_ms": (first_at - started) * 1000, "kb_ms": (time.perf_counter() - started) * 1000}
+    finally:
+        connection.close()
+
+
+def _evict(path: Path) -> None:
+    """Drop this one file's pages from the page cache (no other file is touched)."""
+    with path.open("rb") as handle:
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def measure_video(folder: Path) -> dict[str, Any]:
+    """First byte and mid-file seek of a 100 MB video from the real dashboard process (waitress)."""
+    import signal
+    import subprocess
+    import sys
+
+    video = folder / "big.mp4"
+    started = time.perf_counter()
+    make_video(video)
+    encode_s = time.perf_counter() - started
+    size = video.stat().st_size
+    url = f"sqlite:///{folder / 'video.db'}"
+    with Store(url) as store:
+        source_id = store.create_source("video", str(video), video.name, "done")
+        store.update_source(source_id, annotated_video=str(video))
+    env = {**os.environ, "EMOJIMATION_HOME": str(folder / "home")}
+    env.pop("EMOJIMATION_DASHBOARD_AUTH", None)
+    process = subprocess.Popen([sys.executable, "-m", "emojimation", "dashboard", "--port", "0", "--store", url],
+                               cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if "http://" not in line:
+            raise RuntimeError(f"dashboard did not start: {line!r} {process.stderr.read()}")
+        port = int(line.split("http://", 1)[1].split()[0].rstrip("/").rsplit(":", 1)[1])
+        path = f"/video/{source_id}.mp4"
+        middle = size // 2
+        checks = _first_byte(port, path, "bytes=0-"), _first_byte(port, path, f"bytes={middle}-")
+        assert checks[0]["status"] == 206 and checks[1]["status"] == 206, checks
+        assert checks[1]["content_range"] == f"bytes {middle}-{size - 1}/{size}", checks
+        results: dict[str, Any] = {"bytes": size, "encode_s": encode_s}
+        for cache in ("warm", "cold"):
+            for name, byte_range in (("first", "bytes=0-"), ("seek", f"bytes={middle}-")):
+                runs = []
+                for _ in range(VIDEO_REPEATS):
+                    if cache == "cold":
+                        _evict(video)
+                    runs.append(_first_byte(port, path, byte_range))
+                results[f"{cache}_{name}"] = {
+                    "median_ms": statistics.median(r["first_ms"] for r in runs),
+                    "max_ms": max(r["first_ms"] for r in runs),
+                    "kb_median_ms": statistics.median(r["kb_ms"] for r in runs),
+                }
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return results
+
+
+def cpu_description() -> str:
+    """The CPU model and its AVX flags, from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+            model = value.strip()
+        if key.strip() == "flags" and not flags:
+            flags = sorted(f for f in value.split() if f.startswith("avx"))
+    return f"{model}; AVX flags: {' '.join(flags) or 'none'}"
+
+
+def video_report(video: dict[str, Any]) -> str:
+    lines = [
+        "## Video (issue 20): first byte and seek of a 100 MB MP4",
+        "",
+        f"`/video/<id>.mp4` of a {video['bytes'] / 1e6:.1f} MB H.264 MP4, served by the real `emojimation dashboard` "
+        f"process (waitress, no auth) on loopback; each request on a fresh connection; medians (and maxima) of "
+        f"{VIDEO_REPEATS} requests. CPU: {cpu_description()}; {os.cpu_count()} cores; load average "
+        f"{os.getloadavg()[0]:.1f} while measured (other jobs were running); {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| request | page cache | first byte, median (max) | first 256 KB, median | target (first byte) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    labels = {"first": "`Range: bytes=0-` (playback starts)", "seek": "`Range: bytes=MIDDLE-` (seek to the middle, 206)"}
+    for name in ("first", "seek"):
+        for cache in ("warm", "cold"):
+            figure = video[f"{cache}_{name}"]
+            lines.append(f"| {labels[name]} | {cache} | {figure['median_ms']:.1f} ms ({figure['max_ms']:.1f} ms) | "
+                         f"{figure['kb_median_ms']:.1f} ms | < {VIDEO_TARGETS_MS[name]:.0f} ms |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def report(server: dict[str, Any], browser: dict[str, Any] | None, write_s: float) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
@@ -248,7 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "benchmarks-dashboard.md")
     parser.add_argument("--no-browser", action="store_true", help="server figures only")
+    parser.add_argument("--video-only", action="store_true",
+                        help="only the video figures (first byte and seek of a 100 MB MP4), printed")
     args = parser.parse_args(argv)
+    if args.video_only:
+        with tempfile.TemporaryDirectory(prefix="emojimation-bench-video-") as folder:
+            print(video_report(measure_video(Path(folder))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="emojimation-bench-") as folder:
         url = f"sqlite:///{Path(folder) / 'hour.db'}"
         with Store(url) as store:
@@ -256,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 store, duration_s=DURATION_S, fps=FPS, tracks=TRACKS, name="bench-1h.mp4"))
         server = measure_server(url, source_id)
         browser = None if args.no_browser else measure_browser(url, source_id)
-    text = report(server, browser, write_s)
+        video = measure_video(Path(folder))
+    text = report(server, browser, write_s) + "\n" + video_report(video)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -106,9 +106,9 @@ class IngestConfig(StageLinks):
     backoff_max_s: float = 30.0  # ... up to this
     preview_bind: str = ""  # PUB the frames here for `monitor --preview` (empty = off)
     # File runs with `acks`: frames not yet stored are kept (at most `window`) and sent again
-    # when no acknowledgement has come for `resend_after_s`.
+    # when a stage restarts, or when nothing was stored for `resend_after_s` (then twice as long).
     window: int = 64
-    resend_after_s: float = 3.0
+    resend_after_s: float = 20.0
     run: str = ""  # the run's id, in each Start's options: a restarted aggregator or --resume finds its sources
     resume_command: str = ""  # the command that resumes the run, in each Start's options (the dashboard shows it)
 
@@ -198,6 +198,10 @@ class MonitorConfig:
     max_age_s: float = 1.0  # frames older than this when a detector gets them are dropped (newest wins)
     retention_days: float = 0.0
     preview: bool = False
+    # Keep each camera's newest annotated frame in the store for the dashboard's camera page
+    # (off by default: it stores images of faces). At most one frame per camera every live_view_every_s.
+    live_view: bool = False
+    live_view_every_s: float = 1.0
     stages: str = "all"  # all | ingest (only the camera ingests, pushing to `push`: see docs/deploy.md)
     push: str = ""
     max_side: int = 1280

@@ -47,6 +47,7 @@ class MessageType(IntEnum):
     END = 5  # a stream ended (completely or with an error)
     STATUS = 6  # a stage reports to the supervisor (ready, progress, done, error)
     TRACKED = 7  # classified faces with their track IDs (the aggregator's live output, e.g. for --preview)
+    ACK = 8  # the aggregator to a file ingest: a stream's messages up to `seq` are stored (see Ack)
 
 
 class StatusEvent(StrEnum):
@@ -58,6 +59,7 @@ class StatusEvent(StrEnum):
     INPUT_STARTED = "input-started"  # ingest opened one input of a file run
     INPUT_FAILED = "input-failed"  # ingest could not open or decode one input
     FINISHED = "finished"  # ingest sent every input of a file run
+    SKIPPING = "skipping"  # ingest passes over frames a resumed stream already stored (alive, no new rows)
     SOURCE_OPENED = "source-opened"  # the aggregator created the stream's source row
     PROGRESS = "progress"  # the aggregator stored more frames of a stream
     DONE = "done"  # the aggregator stored a stream completely
@@ -165,6 +167,16 @@ class End(Message):
 
 
 @dataclass
+class Ack(Message):
+    """File runs: every message of `stream` up to and including `seq` is committed to the store
+    (0 = its Start; End's seq = the whole stream), so ingest may forget them. A stream of ""
+    is a newly started aggregator's hello: it knows no stream yet, so ingest sends each open
+    stream's Start again."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ACK
+
+
+@dataclass
 class Status(Message):
     TYPE: ClassVar[MessageType] = MessageType.STATUS
     stage: str = ""
@@ -182,7 +194,7 @@ class Status(Message):
 
 
 MESSAGE_TYPES: dict[MessageType, type[Message]] = {
-    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, Tracked, End, Status)
+    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, Tracked, End, Status, Ack)
 }
 
 

@@ -68,6 +68,9 @@ class Counters:
     frames_out: int = 0
     malformed: int = 0  # received messages that could not be decoded (also counted in drop_reasons)
     rejected: dict[str, int] = field(default_factory=dict)  # refused Curve handshakes, by reason
+    restarts: int = 0  # times the supervisor restarted this stage before this process
+    resent: int = 0  # ingest: frames sent again (no acknowledgement in time, or a new aggregator)
+    resumed: int = 0  # aggregator: streams continued from the rows already stored (restart or --resume)
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -76,7 +79,8 @@ class Counters:
     def as_dict(self) -> dict[str, Any]:
         return {"received": self.received, "sent": self.sent, "dropped": self.dropped, "errors": self.errors,
                 "drop_reasons": dict(self.drop_reasons), "frames_in": self.frames_in,
-                "frames_out": self.frames_out, "malformed": self.malformed, "rejected": dict(self.rejected)}
+                "frames_out": self.frames_out, "malformed": self.malformed, "rejected": dict(self.rejected),
+                "restarts": self.restarts, "resent": self.resent, "resumed": self.resumed}
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -112,6 +116,9 @@ class _CountersCollector(Collector):
         yield single("frames_out", "Sent messages that carry a frame (not stream control)", c.frames_out)
         yield single("malformed_messages", "Received messages that could not be decoded", c.malformed)
         yield single("errors", "Processing errors", c.errors)
+        yield single("restarts", "Times the supervisor restarted this stage (dead or hung)", c.restarts)
+        yield single("frames_resent", "Frames sent again because they were not stored in time", c.resent)
+        yield single("streams_resumed", "Streams continued from the rows already stored", c.resumed)
         yield by_reason("dropped", "Messages dropped, by reason", c.drop_reasons)
         yield by_reason("rejected_peers", "CurveZMQ handshakes refused on a bound socket, by reason", c.rejected)
 

@@ -42,6 +42,8 @@ HELP = {
     "metrics_port": "serve Prometheus metrics on this port at /metrics (default 0: off)",
     "metrics_host": "address the metrics server binds (default 127.0.0.1)",
     "log_format": "text | json (one JSON object per line)",
+    "live_view": "keep each camera's newest annotated frame in the store for the dashboard (off by default: "
+                 "it stores images of faces)",
 }
 StageRunner = Callable[[Any, threading.Event], int]
 

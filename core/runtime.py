@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from core.errors import redact_url
-from core.messages import Faces, Frame, Message, MessageError, Status, StatusEvent, decode, encode
+from core.messages import Ack, Faces, Frame, Message, MessageError, Status, StatusEvent, decode, encode
 from core.metrics import Counters, StageMetrics
 from core.security import LinkSecurity
 
@@ -120,20 +120,39 @@ def stop_event_on_signals() -> threading.Event:
     return stop
 
 
+def receive_waiting(sock: zmq.Socket, timeout_ms: int, malformed: Callable[[MessageError], None]) -> list[Message]:
+    """Every message waiting on `sock`, after waiting up to `timeout_ms` for the first; what
+    cannot be decoded goes to `malformed` (side channels: status reports, acknowledgements)."""
+    received: list[Message] = []
+    if not sock.poll(timeout_ms):
+        return received
+    while True:
+        try:
+            frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return received
+        try:
+            received.append(decode(frames))
+        except MessageError as error:
+            malformed(error)
+
+
 class StageIO:
     """A stage's sockets: PULL input (connects to `connect`, binds `listen`), PUSH output (binds
     `bind`, connects to `push`), PUSH status; Curve on tcp:// with `curve_dir`; metrics."""
 
     def __init__(self, stage: str, connect: list[str], bind: str, status: str, *, listen: str = "",
                  push: list[str] | tuple[str, ...] = (), curve_dir: str = "", metrics_port: int = 0,
-                 metrics_host: str = "127.0.0.1", insecure: bool = False) -> None:
+                 metrics_host: str = "127.0.0.1", insecure: bool = False, acks: str = "",
+                 acks_role: str = "", restarts: int = 0) -> None:
         self.stage = stage
         self.context = zmq.Context()
-        self.counters = Counters()
+        self.counters = Counters(restarts=restarts)
         self.metrics = StageMetrics(stage, self.counters)
         self.input: zmq.Socket | None = None
         self.output: zmq.Socket | None = None
         self.status: zmq.Socket | None = None
+        self.acks: zmq.Socket | None = None  # file runs: ingest's PULL (bound), the aggregator's PUSH
         self.security: LinkSecurity | None = None
         self.last_beat = 0.0
         try:
@@ -156,12 +175,19 @@ class StageIO:
                     self.security.bind(self.output, bind)
                 for address in push:
                     self.security.connect(self.output, address)
+            if acks and acks_role:
+                self.acks = self.context.socket(zmq.PULL if acks_role == "bind" else zmq.PUSH)
+                self.acks.setsockopt(zmq.LINGER, 1000)
+                self.acks.setsockopt(zmq.SNDHWM if acks_role == "connect" else zmq.RCVHWM, 100_000)
+                (self.security.bind if acks_role == "bind" else self.security.connect)(self.acks, acks)
             if status:
                 self.status = self.context.socket(zmq.PUSH)
                 self.status.setsockopt(zmq.LINGER, 2000)
                 self.status.setsockopt(zmq.SNDHWM, 1000)
                 self.security.connect(self.status, status)
             self.security.start()
+            if self.acks is not None and acks_role == "connect" and restarts:
+                self.ack("", 0)  # hello: what this stage held before it was restarted is lost
             if metrics_port:
                 self.metrics.serve(metrics_host, metrics_port)
         except BaseException:
@@ -169,13 +195,15 @@ class StageIO:
             raise
 
     @classmethod
-    def from_config(cls, stage: str, links: Any, inputs: bool = True, outputs: bool = True) -> "StageIO":
+    def from_config(cls, stage: str, links: Any, inputs: bool = True, outputs: bool = True,
+                    acks_role: str = "connect") -> "StageIO":
         """A stage's sockets from its config (a StageLinks); `inputs`/`outputs` False for a stage
-        without an input (ingest) or an output (aggregator)."""
+        without an input (ingest) or an output (aggregator); with `links.acks` (a file run), the
+        acknowledgement link: ingest binds it (`acks_role="bind"`), every other stage connects."""
         return cls(stage, links.connect if inputs else [], links.bind if outputs else "", links.status,
                    listen=links.listen if inputs else "", push=links.push if outputs else [],
                    curve_dir=links.curve_dir, metrics_port=links.metrics_port, metrics_host=links.metrics_host,
-                   insecure=links.insecure)
+                   insecure=links.insecure, acks=links.acks, acks_role=acks_role, restarts=links.restarts)
 
     def _count_sent(self, message: Message) -> None:
         self.counters.sent += 1
@@ -259,6 +287,28 @@ class StageIO:
         self._count_sent(message)
         return True
 
+    def ack(self, stream: str, seq: int) -> None:
+        """Tell ingest that `stream` is stored up to `seq` (a lost ack is covered by the next);
+        stream "" is a restarted stage's hello."""
+        if self.acks is None:
+            return
+        try:
+            self.acks.send_multipart(encode(Ack(stream=stream, seq=seq)), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            logger.debug("acknowledgement queue full; dropped one")
+
+    def acknowledgements(self, timeout_ms: int) -> list[Ack]:
+        """Acks received within `timeout_ms` (ingest's side of the link)."""
+        self.beat()
+        if self.acks is None:
+            return []
+
+        def malformed(error: MessageError) -> None:
+            self.counters.malformed += 1
+            self.counters.drop(error.reason)
+
+        return [m for m in receive_waiting(self.acks, timeout_ms, malformed) if isinstance(m, Ack)]
+
     def report(self, event: StatusEvent, stream: str = "", **detail: Any) -> None:
         if self.status is None:
             return
@@ -274,7 +324,7 @@ class StageIO:
         (a finished file ingest must not lose its tail); otherwise give up after the linger."""
         if self.security is not None:
             self.security.stop_watching()
-        for sock in (self.input, self.output, self.status):
+        for sock in (self.input, self.output, self.status, self.acks):
             if sock is not None:
                 sock.close(linger=-1 if deliver and sock is self.output else None)
         if self.security is not None:

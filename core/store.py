@@ -138,6 +138,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sources ADD COLUMN frames_dropped INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX faces_captured ON faces (captured_at);
     """,
+    # 3: the dashboard's player. The annotated MP4 `analyse --annotate` wrote for a video (absolute
+    # path), and each camera's newest annotated frame (JPEG), kept only with `monitor --live-view`.
+    """
+    ALTER TABLE sources ADD COLUMN annotated_video TEXT;
+    CREATE TABLE live_frames (
+        source_id INTEGER PRIMARY KEY REFERENCES sources (id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        jpeg BLOB NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # PostgreSQL: the advisory lock migrations take (any fixed number; this one spells "emoj").
@@ -236,6 +248,15 @@ class TrackRow:
 
     def segments_text(self) -> str:
         return ";".join(f"{e}:{s:.2f}-{t:.2f}" for e, s, t in self.segments)
+
+
+def _options(row: dict[str, Any]) -> dict[str, Any]:
+    """A source row's analysis options (stored as JSON text)."""
+    try:
+        options = json.loads(row.get("options") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return options if isinstance(options, dict) else {}
 
 
 def is_postgres_url(url: str) -> bool:
@@ -410,12 +431,24 @@ class Store:
         self.db.execute(f"UPDATE sources SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                         (*fields.values(), source_id))
 
-    def add_faces(self, source_id: int, rows: Sequence[FaceRow], progress: dict[str, Any] | None = None) -> None:
-        """Insert face rows (and update the source's counters) in one transaction."""
+    def add_faces(self, source_id: int, rows: Sequence[FaceRow], progress: dict[str, Any] | None = None,
+                  after_frames: int | None = None) -> None:
+        """Insert face rows (and update the source's counters) in one transaction.
+
+        With `after_frames` (a file's rows, written in frame order) the write happens only if the
+        source holds exactly that many frames: a batch is stored once, whoever sends it twice (an
+        aggregator that was restarted while the old one still wrote), so a frame's rows never double."""
         columns = ("source_id, frame, time_s, captured_at, track_id, x, y, w, h, score, "
                    + ", ".join(PROB_COLUMNS) + ", " + ", ".join(f"s_{e}" for e in EMOTIONS) + ", emotion")
         placeholders = ", ".join("?" * (11 + 2 * len(EMOTIONS)))
         with self.transaction() as db:
+            if after_frames is not None:
+                held = db.execute("SELECT frames_analysed FROM sources WHERE id = ?"
+                                  + (" FOR UPDATE" if self.postgres else ""), (source_id,)).fetchone()
+                if held is None or int(held[0]) != after_frames:
+                    raise StoreError(f"store {self.label}: source {source_id} holds "
+                                     f"{None if held is None else held[0]} frames, not {after_frames}: "
+                                     "another process wrote it")
             db.executemany(f"INSERT INTO faces ({columns}) VALUES ({placeholders})",
                            [row.values(source_id) for row in rows])
             if progress:
@@ -449,7 +482,7 @@ class Store:
             uri = db.execute("SELECT uri FROM sources WHERE id = ?", (source_id,)).fetchone()[0]
             # Only earlier, finished results: a concurrent run of the same file keeps its rows.
             db.execute("DELETE FROM sources WHERE uri = ? AND id < ? AND kind != 'camera' "
-                       "AND status IN ('done', 'failed')", (uri, source_id))
+                       "AND status IN ('done', 'failed', 'interrupted')", (uri, source_id))
             fields = {**self._encode_fields(fields), "status": "done", "updated_at": time.time()}
             db.execute(f"UPDATE sources SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                        (*fields.values(), source_id))
@@ -461,6 +494,30 @@ class Store:
                 db.execute(f"DELETE FROM {table} WHERE source_id = ?", (source_id,))
             db.execute("UPDATE sources SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
                        (redact_url(error), time.time(), source_id))
+
+    def interrupt_source(self, source_id: int) -> None:
+        """A file run stopped before the end: its rows stay for `analyse --resume`, and its
+        status says it is not complete."""
+        self.update_source(source_id, status="interrupted")
+
+    def run_source(self, uri: str, run: str) -> dict[str, Any] | None:
+        """The file source that run `run` made for `uri` (None if it made none): a restarted
+        aggregator, or `analyse --resume`, carries on with it."""
+        for row in self._frame("SELECT * FROM sources WHERE uri = ? AND kind != 'camera' ORDER BY id DESC",
+                               (redact_url(uri),)).to_dict("records"):
+            if run and _options(row).get("run") == run:
+                return row
+        return None
+
+    def latest_run(self, uris: Sequence[str]) -> dict[str, Any] | None:
+        """The newest file source of any of `uris` made by an `analyse` run (its options name the
+        run), or None: the run `analyse --resume` carries on."""
+        marks = ", ".join("?" * len(uris)) or "NULL"
+        for row in self._frame(f"SELECT * FROM sources WHERE uri IN ({marks}) AND kind != 'camera' ORDER BY id DESC",
+                               [redact_url(uri) for uri in uris]).to_dict("records"):
+            if _options(row).get("run"):
+                return row
+        return None
 
     def add_event(self, source_id: int | None, kind: str, message: str, data: dict[str, Any] | None = None,
                   at: float | None = None) -> int:
@@ -554,3 +611,38 @@ class Store:
             return self._frame("SELECT * FROM events ORDER BY at DESC, id DESC LIMIT ?", (limit,))
         return self._frame("SELECT * FROM events WHERE source_id = ? ORDER BY at DESC, id DESC LIMIT ?",
                            (source_id, limit))
+
+    # --- live frames (`monitor --live-view`: each camera's newest annotated frame, one row per camera)
+    def camera_id(self, uri: str) -> int | None:
+        """The newest camera source with this `uri` (as `open_camera` stores it; a camera's ingest
+        sends the camera's name), None if none yet."""
+        row = self.db.execute("SELECT id FROM sources WHERE kind = 'camera' AND uri = ? ORDER BY id DESC LIMIT 1",
+                              (redact_url(uri),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def put_live_frame(self, source_id: int, jpeg: bytes, width: int, height: int, at: float | None = None) -> None:
+        """Replace the camera's newest frame (a source keeps one, never a history)."""
+        self.db.execute(
+            "INSERT INTO live_frames (source_id, at, width, height, jpeg) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (source_id) DO UPDATE SET at = excluded.at, width = excluded.width, "
+            "height = excluded.height, jpeg = excluded.jpeg",
+            (source_id, time.time() if at is None else at, int(width), int(height), bytes(jpeg)))
+
+    def live_frame(self, source_id: int, image: bool = True) -> dict[str, Any] | None:
+        """{"at", "width", "height"[, "jpeg"]} of the camera's newest frame, None if none is kept."""
+        columns = "at, width, height" + (", jpeg" if image else "")
+        row = self.db.execute(f"SELECT {columns} FROM live_frames WHERE source_id = ?", (source_id,)).fetchone()
+        if row is None:
+            return None
+        frame = {"at": float(row[0]), "width": int(row[1]), "height": int(row[2])}
+        if image:
+            frame["jpeg"] = bytes(row[3])
+        return frame
+
+    def clear_live_frames(self, source_ids: Sequence[int] | None = None) -> None:
+        """Delete kept frames (all, or those of `source_ids`): the monitor does at exit."""
+        if source_ids is None:
+            self.db.execute("DELETE FROM live_frames")
+            return
+        marks = ", ".join("?" * len(source_ids)) or "NULL"
+        self.db.execute(f"DELETE FROM live_frames WHERE source_id IN ({marks})", tuple(source_ids))

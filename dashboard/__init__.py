@@ -7,6 +7,7 @@ Layout of the package (read top to bottom):
 - `data.py`: the only data access; reads and writes through `core.store.Store`.
 - `downsample.py`, `figures.py`, `components.py`, `theme.py`: values -> points -> figures -> HTML.
 - `jobs.py`: uploads analysed by `emojimation analyse` in a subprocess (the stages are never imported).
+- `video.py` (+ `assets/player.js`): the video a source's page plays, served by id with range requests.
 - `auth.py`: HTTP basic auth; `cli.py`: the `emojimation dashboard` command.
 - `demo.py`: synthetic sources for benchmarks and tests; `screenshots.py`: docs/screenshots/*.png.
 

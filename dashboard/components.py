@@ -85,8 +85,15 @@ def segment_chips(segments: Sequence[tuple[str, float, float]], limit: int = MAX
     return html.Div(chips, className="segments")
 
 
-def track_card(source_id: int, track: TrackSummary, shown: bool = True) -> html.Div:
-    """Per-track summary: thumbnail, dominant emotion, span, distribution and segments."""
+def jump_button(seconds: float) -> html.Button:
+    """Seeks the page's video to `seconds` (dashboard/assets/player.js reads `data-seek`)."""
+    return html.Button(f"▶ first seen at {format_seconds(seconds)}", className="button jump-button",
+                       title="Show this face's first appearance in the video", **{"data-seek": f"{seconds:.3f}"})
+
+
+def track_card(source_id: int, track: TrackSummary, shown: bool = True, jump: bool = False) -> html.Div:
+    """Per-track summary: thumbnail, dominant emotion, span, distribution and segments; with `jump`,
+    a button that seeks the page's video to the track's first appearance."""
     note = " (so far)" if track.provisional else ""
     return html.Div([
         thumbnail(track.thumbnail),
@@ -98,6 +105,7 @@ def track_card(source_id: int, track: TrackSummary, shown: bool = True) -> html.
                 html.Span(f"{format_seconds(track.start_s)} – {format_seconds(track.end_s)} · "
                           f"{track.frames:,} frames{note}" + ("" if shown else " · not drawn above"),
                           className="muted"),
+                *([jump_button(track.start_s)] if jump else []),
             ], className="track-title"),
             mix_bar(track.means),
             segment_chips(track.segments),

@@ -309,6 +309,11 @@ class DashboardData:
         faces.drop(columns=["id"], errors="ignore").to_csv(buffer, index=False)
         return f"{stem}_{span}.csv", buffer.getvalue()
 
+    def live_frame(self, source_id: int, image: bool = True) -> dict[str, Any] | None:
+        """A camera's newest annotated frame (`monitor --live-view`), None when none is kept."""
+        with self._store() as store:
+            return store.live_frame(source_id, image)
+
     # --- events -------------------------------------------------------------------------
     def events(self, source_id: int | None = None, limit: int = 500) -> pd.DataFrame:
         """Events newest first, with a `source_name` column (empty for events without a source)."""

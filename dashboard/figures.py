@@ -11,6 +11,7 @@ ranges, hidden legend items) while `uirevision` is unchanged, whatever new data 
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,6 +25,8 @@ RIBBON_PX = 16
 PLOT_PX = 150
 INNER_GAP_PX = 4
 TRACK_GAP_PX = 46
+THUMBNAIL_PX = 32  # a track's face beside its title (with --thumbnails), in the gap above its ribbon
+THUMBNAIL_GAP_PX = 62  # the gap between tracks when faces are shown: the axis ticks above, then the face
 FLOAT32_TIME_LIMIT_S = 86_400.0
 DEFAULT_STEP_S = 0.1  # the pipeline's default sampling (10 fps): the width of a lone ribbon cell
 MARGIN = {"l": 56, "r": 16, "t": 64, "b": 40}
@@ -65,19 +68,24 @@ def empty_figure(message: str, uirevision: str = "empty") -> go.Figure:
     return figure
 
 
-def timeline_figure(timeline: Timeline, uirevision: str, titles: Mapping[int, str] | None = None) -> go.Figure:
-    """The per-track timeline figure; see the module docstring for its shape."""
+def timeline_figure(timeline: Timeline, uirevision: str, titles: Mapping[int, str] | None = None,
+                    thumbnails: Mapping[int, bytes | None] | None = None) -> go.Figure:
+    """The per-track timeline figure; see the module docstring for its shape. `thumbnails`
+    (PNG bytes by track id) puts each track's face beside its title."""
     if not timeline.tracks:
         return empty_figure("No faces yet" if timeline.source.get("status") not in ("done", "failed")
                             else "No faces in this source", uirevision)
     count = len(timeline.tracks)
     block = RIBBON_PX + INNER_GAP_PX + PLOT_PX
-    plot_height = count * block + (count - 1) * TRACK_GAP_PX
+    shown_faces = any((thumbnails or {}).get(track.track_id) for track in timeline.tracks)
+    gap = THUMBNAIL_GAP_PX if shown_faces else TRACK_GAP_PX
+    plot_height = count * block + (count - 1) * gap
     figure = go.Figure()
     layout: dict[str, Any] = {}
     annotations = []
+    images = []
     for position, track in enumerate(timeline.tracks):
-        top = plot_height - position * (block + TRACK_GAP_PX)
+        top = plot_height - position * (block + gap)
         ribbon_domain = [(top - RIBBON_PX) / plot_height, top / plot_height]
         lines_domain = [(top - block) / plot_height, (top - RIBBON_PX - INNER_GAP_PX) / plot_height]
         ribbon_axis, lines_axis = 2 * position + 1, 2 * position + 2
@@ -101,15 +109,23 @@ def timeline_figure(timeline: Timeline, uirevision: str, titles: Mapping[int, st
         layout[_layout_key("yaxis", lines_axis)] = {
             "domain": lines_domain, "anchor": lines_x, "fixedrange": True, "range": [-0.02, 1.02],
             "tickvals": [0, 0.5, 1], "gridcolor": "#EEE", "zeroline": False}
+        face = (thumbnails or {}).get(track.track_id)
+        if face:
+            images.append({
+                "source": "data:image/png;base64," + base64.b64encode(face).decode("ascii"),
+                "xref": "paper", "yref": "paper", "x": 0, "y": ribbon_domain[1] + 2 / plot_height,
+                "xanchor": "left", "yanchor": "bottom", "sizex": 0.5, "sizey": THUMBNAIL_PX / plot_height,
+                "sizing": "contain", "layer": "above", "name": f"track {track.track_id} face",
+            })
         annotations.append({
             "text": (titles or {}).get(track.track_id, f"Track {track.track_id}"), "x": 0, "xanchor": "left",
             "y": ribbon_domain[1], "yanchor": "bottom", "xref": "paper", "yref": "paper", "showarrow": False,
-            "font": {"size": 13, "color": "#333"}, "yshift": 2,
+            "font": {"size": 13, "color": "#333"}, "yshift": 2, "xshift": THUMBNAIL_PX + 6 if face else 0,
         })
     figure.update_layout(
         **layout,
         height=plot_height + MARGIN["t"] + MARGIN["b"], margin=MARGIN, template="plotly_white",
-        uirevision=uirevision, hovermode="x unified", annotations=annotations,
+        uirevision=uirevision, hovermode="x unified", annotations=annotations, images=images,
         legend={"orientation": "h", "x": 0, "y": 1, "yref": "container", "yanchor": "top",
                 "groupclick": "togglegroup", "font": {"size": 12}},
     )

@@ -35,6 +35,16 @@ TIMELINE_EXPORT = "timeline-export"
 TIMELINE_DOWNLOAD = "timeline-download"
 TIMELINE_GRAPH = "timeline-graph"
 TIMELINE_TRACKS = "timeline-tracks"
+TIMELINE_VIDEO_BOX = "timeline-video-box"  # the player panel (video, or why there is none)
+TIMELINE_VIDEO_STATE = "timeline-video-state"  # dcc.Store: the panel's VideoState status
+TIMELINE_VIDEO_INTERVAL = "timeline-video-interval"  # runs only while the video is being prepared
+TIMELINE_VIDEO = "timeline-video"  # the <video> element (dashboard/assets/player.js finds it by id)
+TIMELINE_VIDEO_MESSAGE = "timeline-video-message"  # "the file is gone", "preparing", ...
+TIMELINE_CURSOR = "timeline-cursor"  # the playback cursor drawn over the timeline (player.js moves it)
+TIMELINE_LIVE_BOX = "timeline-live-box"  # a camera's newest annotated frame (monitor --live-view)
+TIMELINE_LIVE_AT = "timeline-live-at"  # dcc.Store: the time of the frame shown
+TIMELINE_LIVE_INTERVAL = "timeline-live-interval"  # runs on camera pages only
+TIMELINE_LIVE_IMAGE = "timeline-live-image"
 
 # Track page ("/track/<source_id>/<track_id>").
 TRACK_KEY = "track-key"

@@ -1,7 +1,8 @@
 """Screenshots of every dashboard page for the docs: `python -m devtools.screenshots [--out DIR]`.
 
-Builds a demo store (the real pipeline on the shared sample clip with thumbnails, a synthetic
-one-hour source, a live camera source still receiving rows, a few events), serves the app on a
+Builds a demo store (the real pipeline on the shared sample clip with thumbnails and the annotated
+video, a synthetic one-hour source, a live camera source still receiving rows with a newest frame
+as `monitor --live-view` keeps it, a few events), serves the app on a
 free loopback port in a thread, and saves full-page PNGs taken by headless Chromium (Debian's
 `chromium` and `chromium-driver`; Selenium comes with `dash[testing]`).
 """
@@ -32,7 +33,12 @@ def build_demo_store(folder: Path) -> tuple[str, dict[str, int]]:
     """The store the screenshots show; returns (URL, ids by role)."""
     url = f"sqlite:///{folder / 'demo.db'}"
     subprocess.run([sys.executable, "-m", "emojimation", "analyse", str(SAMPLE), "--store", url,
-                    "--out", str(folder / "out"), "--no-progress", "--thumbnails"], cwd=PROJECT_ROOT, check=True)
+                    "--out", str(folder / "out"), "--no-progress", "--thumbnails", "--annotate"],
+                   cwd=PROJECT_ROOT, check=True)
+    # The live camera's newest frame: a frame of the annotated video, scaled as a camera preview is.
+    still = folder / "live.jpg"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", "6", "-i", str(folder / "out" / "megamind.annotated.mp4"),
+                    "-frames:v", "1", "-vf", "scale=640:-2", "-q:v", "3", str(still)], check=True)
     with Store(url) as store:
         sample = int(store.sources()["id"].iloc[0])
         hour = write_synthetic_source(store, duration_s=3600.0, fps=10.0, tracks=5, name="meeting-1h.mp4", seed=4)
@@ -44,6 +50,10 @@ def build_demo_store(folder: Path) -> tuple[str, dict[str, int]]:
                 for i in range(900)]
         store.add_faces(live, rows, {"frames_analysed": 900, "frames_with_faces": 900, "faces": 900})
         write_demo_events(store, live)
+        from PIL import Image
+
+        with Image.open(still) as image:
+            store.put_live_frame(live, still.read_bytes(), *image.size)
     return url, {"sample": sample, "hour": hour, "live": live}
 
 
@@ -69,8 +79,9 @@ def browser() -> Any:
     return webdriver.Chrome(options=options)
 
 
-def shoot(driver: Any, url: str, ready_css: str, path: Path, settle_s: float = 1.5, max_height: int = 3000) -> None:
-    """Open `url`, wait for `ready_css`, resize to the page height, save a PNG."""
+def shoot(driver: Any, url: str, ready_css: str, path: Path, settle_s: float = 1.5, max_height: int = 3000,
+          script: str = "") -> None:
+    """Open `url`, wait for `ready_css`, run `script` (if any), resize to the page height, save a PNG."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -78,6 +89,8 @@ def shoot(driver: Any, url: str, ready_css: str, path: Path, settle_s: float = 1
     driver.set_window_size(WIDTH, 900)
     driver.get(url)
     WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ready_css)))
+    if script:
+        driver.execute_script(script)
     time.sleep(settle_s)
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     driver.set_window_size(WIDTH, min(max(height, 600), max_height))
@@ -114,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
                 track = int(store.tracks(sources["sample"])["track_id"].iloc[0])
             graph = ".js-plotly-plot .main-svg"
             shoot(driver, f"{base}/", "#sources-table table", args.out / "sources.png")
-            shoot(driver, f"{base}/source/{sources['sample']}", graph, args.out / "timeline.png")
+            # The player paused at 6.2 s: the cursor stands there on every track.
+            seek = ("const v = document.getElementById('timeline-video'); v.muted = true; "
+                    "const go = () => { v.currentTime = 6.2; }; if (v.readyState >= 1) { go(); } "
+                    "else { v.addEventListener('loadedmetadata', go, {once: true}); }")
+            shoot(driver, f"{base}/source/{sources['sample']}", f"{graph}", args.out / "timeline.png",
+                  settle_s=3.0, script=seek)
             shoot(driver, f"{base}/source/{sources['hour']}", graph, args.out / "timeline-1h.png", settle_s=3.0)
             shoot(driver, f"{base}/source/{sources['live']}", graph, args.out / "timeline-live.png")
             shoot(driver, f"{base}/track/{sources['sample']}/{track}", graph, args.out / "track.png")

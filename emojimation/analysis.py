@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -128,7 +129,8 @@ class FileRun:
         while True:
             for report in self.supervisor.statuses(200):
                 self._apply(report)
-            if self.ingest_done and all(r.status in ("done", "failed") for r in self.results):
+            # Every input stored or failed: done (ingest, waiting for its last acks, is not waited for).
+            if all(r.status in ("done", "failed") for r in self.results):
                 return self.results
             self._revive()
             if time.monotonic() - self.last_progress > stall_timeout_s:
@@ -203,25 +205,28 @@ class RunPlan:
     stored: dict[str, int] = field(default_factory=dict)
 
 
+def settings_key(config: AnalyseConfig) -> str:
+    """What decides an analysis's rows (sampling, detector, model, scaling), hashed: the tail of
+    every run id, so `--resume` never carries on a run made with other settings."""
+    settings = [None if config.every_frame else config.fps, config.detector, model_name(config.model),
+                config.max_side]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
+
+
 def plan_run(config: AnalyseConfig, inputs: list[MediaInfo]) -> RunPlan:
-    """A new run id; with `resume`, the latest run of these inputs if it analysed them the same
-    way (sampling, model), its finished inputs, and a `run-resumed` event per input it carries on."""
-    new = RunPlan(uuid.uuid4().hex[:12])
+    """A new run id; with `resume`, the latest run of these inputs if it analysed them with the
+    same settings, its finished inputs, and a `run-resumed` event per input it carries on."""
+    new = RunPlan(f"{uuid.uuid4().hex[:12]}-{settings_key(config)}")
     if not config.resume or not inputs:
         return new
     uris = {info.path: str(Path(info.path).resolve()) for info in inputs}
-    store_url = config.store or default_store_url()
-    with Store(store_url) as store:
+    with Store(config.store or default_store_url()) as store:
         latest = store.latest_run(list(uris.values()))
-        if latest is None:
-            logger.warning("--resume: no earlier run of these inputs in the store; starting afresh")
+        run = str(json.loads(latest["options"])["run"]) if latest is not None else ""
+        if not run.endswith(f"-{settings_key(config)}"):
+            logger.warning("--resume: no earlier run of these inputs with these settings; starting afresh")
             return new
-        options = json.loads(latest["options"])
-        if options.get("fps") != (None if config.every_frame else config.fps) or \
-                latest["model"] != model_name(config.model):
-            logger.warning("--resume: the latest run used other settings; starting afresh")
-            return new
-        plan = RunPlan(str(options["run"]))
+        plan = RunPlan(run)
         for path, uri in uris.items():
             row = store.run_source(uri, plan.run)
             if row is None:

@@ -117,3 +117,20 @@ def annotate_videos(results: Results, out_dir: Path) -> dict[str, Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return files
+
+
+def record_annotated(store_url: str, done: list[tuple[str, int]], summary: dict, out_dir: Path) -> None:
+    """Tell the store where each video's annotated MP4 now is (the dashboard plays it). Best
+    effort: the outputs are written already, so a store that refuses costs a warning only."""
+    from core.errors import EmojimationError, database_errors
+    from core.store import Store
+
+    entries = {entry["input"]: entry for entry in summary["inputs"]}
+    try:
+        with Store(store_url) as store:
+            for path, source_id in done:
+                name = entries.get(path, {}).get("annotated")
+                if name and (out_dir / name).is_file():
+                    store.update_source(source_id, annotated_video=str((out_dir / name).resolve()))
+    except (EmojimationError, OSError, *database_errors()) as error:
+        logger.warning("could not record the annotated videos in the store: %s", error)

@@ -31,10 +31,11 @@ from core import config as cfg
 from core.config import (
     AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
 )
-from core.errors import ConfigError
+from core.errors import ConfigError, EmojimationError, database_errors
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
 from core.runtime import redact
 from core.security import LinkSecurity
+from core.store import Store
 from emojimation.analysis import model_name
 from emojimation.supervisor import (
     RESTART_LIMIT, RESTART_WINDOW_S, RestartBudget, Supervisor, describe_death, record_event,
@@ -173,18 +174,22 @@ class Monitor:
     def start(self) -> None:
         settings = self.config
         sup = self.supervisor
-        if settings.preview:
+        live_view = settings.live_view and settings.stages == "all"  # a remote pipeline's store is not ours
+        if settings.preview or live_view:
             self.preview_addresses = [sup.address(f"preview-{i}") for i in range(len(self.plan.cameras))]
             self.results_address = sup.address("results") if settings.stages == "all" else ""
         boot(sup, self.topology(), inherit_output=True, log_level="INFO")
         if settings.metrics_port:
             logger.info("metrics: %s", ", ".join(f"{c.name} on :{settings.metrics_port + i}"
                                                   for i, c in enumerate(sup.children)))
-        if settings.preview:
+        if settings.preview or live_view:
             # Through the same security layer as every stage's sockets (Curve on tcp://, size limit).
+            sink = LiveFrames(settings.store or default_store_url(), settings.live_view_every_s,
+                              {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)}) if live_view else None
             self.preview = Preview(sup.context, LinkSecurity(sup.context, "monitor", settings.curve_dir),
                                    self.preview_addresses, self.results_address,
-                                   {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)})
+                                   {f"cam{i}/{c.name}": c.name for i, c in enumerate(self.plan.cameras)},
+                                   show=settings.preview, sink=sink)
 
     def expected_ready(self) -> set[str]:
         names = {c.name for c in self.supervisor.children}
@@ -272,18 +277,62 @@ class Monitor:
         return [dataclasses.asdict(s) for s in self.cameras.values()]
 
 
+class LiveFrames:
+    """`--live-view`: each camera's newest annotated frame, as a JPEG, in the store (one row per
+    camera, replaced at most every `every_s`), for the dashboard's camera page. Deleted at exit,
+    so no stale image of a face stays behind."""
+
+    def __init__(self, store_url: str, every_s: float, cameras: dict[str, str]) -> None:
+        # cameras: stream -> the camera's name, which its ingest sends as the source's URI
+        self.store_url, self.every_s, self.cameras = store_url, max(0.1, every_s), cameras
+        self.last: dict[str, float] = {}
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, stream: str, image: Any) -> None:
+        import cv2
+
+        now = time.monotonic()
+        if now - self.last.get(stream, -1e9) < self.every_s or stream not in self.cameras:
+            return
+        self.last[stream] = now
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            return
+        try:
+            with Store(self.store_url, migrate=False) as store:
+                if stream not in self.ids:
+                    source_id = store.camera_id(self.cameras[stream])
+                    if source_id is None:  # the aggregator has not opened the camera's row yet
+                        return
+                    self.ids[stream] = source_id
+                store.put_live_frame(self.ids[stream], jpeg.tobytes(), image.shape[1], image.shape[0])
+        except (EmojimationError, OSError, *database_errors()) as error:
+            logger.warning("could not store the live frame of %s: %s", stream, error)
+
+    def close(self) -> None:
+        if not self.ids:
+            return
+        try:
+            with Store(self.store_url, migrate=False) as store:
+                store.clear_live_frames(list(self.ids.values()))
+        except (EmojimationError, OSError, *database_errors()) as error:
+            logger.warning("could not delete the live frames: %s", error)
+
+
 class Preview:
     """`--preview`: an OpenCV window per camera with boxes, track IDs and emotion bars.
 
     Frames come from each camera ingest's preview PUB socket and results from the
     aggregator's; a frame is drawn once its results arrive (matched by stream and seq).
+    With `sink` (`--live-view`), each drawn frame also goes to it; `show=False` opens no window.
     """
 
     def __init__(self, context: zmq.Context, security: LinkSecurity, frame_addresses: list[str], results_address: str,
-                 windows: dict[str, str]) -> None:
+                 windows: dict[str, str], show: bool = True, sink: LiveFrames | None = None) -> None:
         import cv2
 
         self.cv2 = cv2
+        self.show, self.sink = show, sink
         self.windows = windows
         self.frames: dict[str, deque[Frame]] = {}
         self.frames_socket = context.socket(zmq.SUB)
@@ -332,14 +381,21 @@ class Preview:
                 table["track_id"] = result.track_ids
                 table["emotion"] = [EMOTIONS[i] for i in result.probs.argmax(axis=1)]
                 draw_faces(image, table)
-            self.cv2.imshow(self.windows.get(result.stream, result.stream), image)
+            if self.sink is not None:
+                self.sink(result.stream.split("#")[0], image)
+            if self.show:
+                self.cv2.imshow(self.windows.get(result.stream, result.stream), image)
             self.shown += 1
-        self.cv2.waitKey(1)
+        if self.show:
+            self.cv2.waitKey(1)
 
     def close(self) -> None:
         self.frames_socket.close()
         self.results_socket.close()
-        self.cv2.destroyAllWindows()
+        if self.sink is not None:
+            self.sink.close()
+        if self.show:
+            self.cv2.destroyAllWindows()
 
 
 def monitor_command(plan_: MonitorPlan) -> int:

@@ -2,8 +2,10 @@
 
 Each stage is a separate OS process (`python -m <stage> ...`, started from its typed config by
 `spawn`; emojimation.topology says which) joined by ZeroMQ. Every stage binds its output and connects to its upstreams' outputs, and all
-report to the supervisor's status socket. A stage that dies or a pipeline that stalls ends
-the run with a one-line error within seconds; every child is gone when `stop()` returns.
+report to the supervisor's status socket. A stage that dies, or hangs (no heartbeat: it is
+killed first), is started again with the same addresses, within a restart budget with backoff
+(`RestartBudget`); restarts and hangs are events in the store (`record_event`). Every child is
+gone when `stop()` returns.
 """
 
 from __future__ import annotations
@@ -18,22 +20,28 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from core.errors import EmojimationError
-from core.messages import MessageError, Status, StatusEvent, decode
+from core.errors import EmojimationError, database_errors
+from core.messages import Status, StatusEvent
 from core.process import stage_command
+from core.runtime import receive_waiting
+from core.store import Store
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0
 STARTUP_GRACE_S = 60.0  # a stage's first report may take this long (a Keras model loads TensorFlow)
 PER_STAGE_ENVIRONMENT = {f"EMOJIMATION_{name}" for name in (
-    "CONNECT", "BIND", "LISTEN", "PUSH", "STATUS", "METRICS_PORT", "CAMERA", "INPUTS", "NAME", "STREAM_PREFIX")}
+    "CONNECT", "BIND", "LISTEN", "PUSH", "STATUS", "METRICS_PORT", "CAMERA", "INPUTS", "NAME", "STREAM_PREFIX",
+    "ACKS", "RESTARTS", "RUN", "RESUME_COMMAND")}
+RESTART_LIMIT = 5  # restarts of one stage within RESTART_WINDOW_S before the supervisor gives up
+RESTART_WINDOW_S = 60.0
 
 
 class PipelineError(EmojimationError):
@@ -56,6 +64,7 @@ class Child:
     inherit_output: bool = False
     last_seen: float = 0.0  # monotonic time of its start or its latest status report (heartbeats included)
     reported: bool = False  # has it sent any report since it was (re)started?
+    restarts: int = 0  # times it was started again
 
     def last_log_line(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -116,34 +125,32 @@ class Supervisor:
                                              preexec_fn=_die_with_parent)
 
     def respawn(self, child: Child) -> None:
-        """Start a stage that died again, with the same arguments and addresses."""
+        """Start a stage that died again, with the same arguments and addresses (it learns how
+        many times it was restarted, a metric)."""
+        child.restarts += 1
+        child.env = {**child.env, "EMOJIMATION_RESTARTS": str(child.restarts)}
         self._start(child)
 
-    def dead_child(self, ignore: set[str] = frozenset()) -> Child | None:
-        for child in self.children:
-            if child.name not in ignore and child.process is not None and child.process.poll() is not None:
-                return child
-        return None
+    def kill_hung(self, timeout_s: float) -> list[Child]:
+        """SIGKILL the children silent for `timeout_s` (see hung_children) and reap them; returns them."""
+        hung = self.hung_children(timeout_s)
+        for child in hung:
+            logger.error("%s sent no status for %.0f s (hung); killing it", child.name,
+                         time.monotonic() - child.last_seen)
+            child.process.kill()
+            child.process.wait(5)
+        return hung
 
     def statuses(self, timeout_ms: int) -> list[Status]:
         """Status reports received within `timeout_ms` (malformed ones are logged and skipped)."""
         reports: list[Status] = []
-        if not self.status_socket.poll(timeout_ms):
-            return reports
-        while True:
-            try:
-                frames = self.status_socket.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return reports
-            try:
-                message = decode(frames)
-            except MessageError as error:
-                logger.warning("ignored a malformed status report: %s", error)
-                continue
+        for message in receive_waiting(self.status_socket, timeout_ms,
+                                       lambda error: logger.warning("ignored a malformed status report: %s", error)):
             if isinstance(message, Status):
                 self._seen(message)
                 if message.event != StatusEvent.HEARTBEAT:  # liveness only: consumed here
                     reports.append(message)
+        return reports
 
     def _seen(self, report: Status) -> None:
         pid = report.detail.get("pid")
@@ -196,6 +203,43 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class RestartBudget:
+    """At most `limit` restarts per stage within `window_s`, each waiting twice as long as the
+    one before (from `first_delay_s` up to `max_delay_s`), so a crash loop neither spins nor
+    goes on for ever."""
+
+    limit: int = RESTART_LIMIT
+    window_s: float = RESTART_WINDOW_S
+    first_delay_s: float = 0.25
+    max_delay_s: float = 5.0
+    history: dict[str, deque[float]] = field(default_factory=dict)
+
+    def spend(self, name: str, now: float) -> float | None:
+        """The delay before restarting `name`, or None if its budget is spent."""
+        history = self.history.setdefault(name, deque())
+        while history and now - history[0] > self.window_s:
+            history.popleft()
+        if len(history) >= self.limit:
+            return None
+        history.append(now)
+        return min(self.max_delay_s, self.first_delay_s * 2 ** (len(history) - 1))
+
+    def clear(self, name: str) -> None:
+        self.history.pop(name, None)
+
+
+def record_event(store_url: str, kind: str, message: str, source_id: int | None = None,
+                 data: dict[str, Any] | None = None) -> None:
+    """Restarts, hangs and resumes are events in the store (the dashboard's events page lists
+    them); a store that cannot take one costs a warning, never the run."""
+    try:
+        with Store(store_url) as store:
+            store.add_event(source_id, kind, message, data)
+    except (EmojimationError, OSError, *database_errors()) as error:
+        logger.warning("could not record the %s event: %s", kind, error)
 
 
 def _die_with_parent() -> None:

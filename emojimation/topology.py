@@ -8,6 +8,9 @@ then the ingests), so nothing an early stage sends is lost while the next one st
 Links: each ingest binds its output; every detector connects to every ingest; every
 classifier to every detector; the aggregator to every classifier. An ingest whose config
 already names `push` addresses (monitor `--stages ingest`) pushes to a remote pipeline instead.
+With `acknowledged` (file runs: one ingest), every other stage also connects back to the
+ingest's acknowledgement address: the aggregator says there what is stored, and a restarted
+stage says hello, so ingest sends again what is not stored (what the dead process held).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Topology:
     classifiers: int = 1
     aggregator: AggregatorConfig | None = None
     shared: SharedLinks = field(default_factory=SharedLinks)
+    acknowledged: bool = False  # the aggregator acknowledges stored frames to the (one) ingest
 
 
 def boot(supervisor: Supervisor, topology: Topology, inherit_output: bool = False,
@@ -50,15 +54,18 @@ def boot(supervisor: Supervisor, topology: Topology, inherit_output: bool = Fals
     detectors = [supervisor.address(f"detector-{i}") for i in range(topology.detectors)] if local else []
     classifiers = [supervisor.address(f"classifier-{i}") for i in range(topology.classifiers)] if local else []
     plan: list[tuple[str, str, StageLinks]] = []
+    acks = supervisor.address("acks") if topology.acknowledged and local else ""
     if local:
         assert topology.classifier is not None and topology.aggregator is not None, "a local pipeline needs all stages"
-        plan.append(("aggregator", "aggregator", _linked(topology.aggregator, classifiers, "")))
-        plan += [(f"classifier-{i}", "classifier", _linked(topology.classifier, detectors, address))
+        assert not acks or len(topology.ingests) == 1, "acknowledgements go back to one ingest"
+        plan.append(("aggregator", "aggregator", _linked(topology.aggregator, classifiers, "", acks)))
+        plan += [(f"classifier-{i}", "classifier", _linked(topology.classifier, detectors, address, acks))
                  for i, address in enumerate(classifiers)]
-        plan += [(f"detector-{i}", "detector", _linked(topology.detector, list(ingest_addresses.values()), address))
+        plan += [(f"detector-{i}", "detector",
+                  _linked(topology.detector, list(ingest_addresses.values()), address, acks))
                  for i, address in enumerate(detectors)]
     for name, config in topology.ingests.items():
-        plan.append((name, "ingest", _linked(config, [], "" if config.push else ingest_addresses[name])))
+        plan.append((name, "ingest", _linked(config, [], "" if config.push else ingest_addresses[name], acks)))
     children = {}
     for index, (name, module, config) in enumerate(plan):
         config = _with_shared(config, topology.shared, index, supervisor.status_address)
@@ -66,8 +73,8 @@ def boot(supervisor: Supervisor, topology: Topology, inherit_output: bool = Fals
     return children
 
 
-def _linked(config: Any, connect: list[str], bind: str) -> Any:
-    return dataclasses.replace(config, connect=connect, bind=bind)
+def _linked(config: Any, connect: list[str], bind: str, acks: str = "") -> Any:
+    return dataclasses.replace(config, connect=connect, bind=bind, acks=acks)
 
 
 def _with_shared(config: Any, shared: SharedLinks, index: int, status: str) -> Any:

@@ -1,13 +1,16 @@
 """Ingest stage entry: stream each input as Start, Frame..., End on the output socket.
 
-File inputs block when downstream is full (nothing is lost). A failed input ends its
-stream with an End carrying the error, so downstream discards its partial results.
+File inputs block when downstream is full, and in a file run every message is kept until the
+aggregator acknowledges it stored, and sent again if it is not (window.py): nothing is lost
+when a worker dies. A failed input ends its stream with an End carrying the error, so
+downstream discards its partial results.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable
 import threading
 import time
 from dataclasses import dataclass
@@ -18,11 +21,12 @@ import numpy as np
 
 from core.config import IngestConfig
 from core.errors import DataError
-from core.messages import End, Frame, Start, StatusEvent
+from core.messages import End, Frame, Message, Start, StatusEvent
 from core.runtime import StageIO, redact, running
 from ingest.media import (
     MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
 )
+from ingest.window import Window
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ class Sent:
     frames: int = 0
 
 
-def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
+def _stream_images(send: Callable[[Message], bool], stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
                    counter: Sent) -> End:
     started = time.time()
     sent = 0
@@ -60,14 +64,14 @@ def _stream_images(io: StageIO, stream: str, info: MediaInfo, config: IngestConf
         image, scale = _scaled(image, config.max_side)
         frame = Frame(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
                       frame_index=index, scale=scale, image=image)
-        if not io.send(frame, stop):
+        if not send(frame):
             return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
         sent += 1
         counter.frames = sent
     return End(stream=stream, seq=sent + 1, frames_sent=sent)
 
 
-def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
+def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
                   counter: Sent) -> End:
     ratio = None if config.every_frame else sampling_ratio(info.fps, config.fps)
     width, height = output_size(info.width, info.height, config.max_side)
@@ -91,7 +95,7 @@ def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfi
             source_time = index / info.fps
             frame = Frame(stream=stream, seq=sent + 1, source_time=source_time, capture_time=started + source_time,
                           frame_index=index, scale=scale, image=image)
-            if not io.send(frame, stop):
+            if not send(frame):
                 break
             sent += 1
             counter.frames = sent
@@ -110,8 +114,11 @@ def _stream_video(io: StageIO, stream: str, info: MediaInfo, config: IngestConfi
     return End(stream=stream, seq=sent + 1, frames_sent=sent)
 
 
-def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop: threading.Event) -> bool:
-    """Send one input's stream; False if it failed (the End message says why)."""
+def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop: threading.Event,
+                 send: Callable[[Message], bool] | None = None) -> bool:
+    """Send one input's stream through `send` (default: straight out); False if it failed (the
+    End message says why)."""
+    send = send or (lambda message: io.send(message, stop))
     try:
         info = probe(path)
     except DataError as error:
@@ -124,27 +131,38 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
     start = Start(stream=stream, seq=0, capture_time=time.time(), kind=info.kind, uri=uri, name=path,
                   source_fps=info.fps, width=info.width, height=info.height,
                   expected_frames=expected_frames(info.frames, ratio) if info.kind == "video" else info.frames,
-                  options={"fps": None if config.every_frame else config.fps})
+                  options=start_options(config))
     io.report(StatusEvent.INPUT_STARTED, stream, input=path, expected_frames=start.expected_frames, kind=info.kind)
-    if not io.send(start, stop):
+    if not send(start):
         return False
     logger.info("streaming %s as %s (%s, %d frames to analyse)", redact(path), stream, info.kind,
                 start.expected_frames)
     counter = Sent()
     try:
-        end = (_stream_images if info.kind == "image" else _stream_video)(io, stream, info, config, stop, counter)
+        end = (_stream_images if info.kind == "image" else _stream_video)(send, stream, info, config, stop, counter)
     except (OSError, ValueError) as error:  # e.g. a file that vanished or a pipe that broke
         end = End(stream=stream, seq=counter.frames + 1, frames_sent=counter.frames, error=f"{path}: {error}")
-    io.send(end, stop)
+    send(end)
     if end.error:
         logger.error("%s", end.error)
     return not end.error
 
 
+def start_options(config: IngestConfig) -> dict[str, object]:
+    """How the stream is analysed, stored with its source: the sampling, and in a file run the
+    run's id and the command that resumes it."""
+    options: dict[str, object] = {"fps": None if config.every_frame else config.fps}
+    if config.run:
+        options["run"] = config.run
+    if config.resume_command:
+        options["resume"] = config.resume_command
+    return options
+
+
 def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
     """Stream every input in order (or one camera until stopped); exit code 0 if all succeeded, 1 otherwise."""
     stop = stop or threading.Event()
-    io = StageIO.from_config("ingest", config, inputs=False)
+    io = StageIO.from_config("ingest", config, inputs=False, acks_role="" if config.camera else "bind")
     if config.camera:
         from ingest.camera import run_camera
 
@@ -153,8 +171,10 @@ def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
         finally:
             io.close()
     results: list[bool] = []
+    window = Window(io, config.window, config.resend_after_s, stop)
     with running(io, deliver=lambda: not stop.is_set()):
-        results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop)
+        results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop, window.send)
                    for i, path in enumerate(config.inputs)]
+        window.drain()  # every stream stored (ingest stays to send again what a dead stage lost)
         io.report(StatusEvent.FINISHED, inputs=len(results), failed=results.count(False))
     return 0 if all(results) else 1

