@@ -4,10 +4,11 @@
    / elapsed_s of summary.json), for this tree, this tree with the acknowledgement link switched
    off (`now-without-acks`: the cost of acks alone), and older checkouts given with --old-tree
    (e.g. one from before heartbeats). Interleaved rounds, medians.
-2. Recovery: during `analyse --every-frame --workers 2` of a 59 s 320x180 clip, SIGKILL a
+2. Recovery: during `analyse --every-frame --workers 2` of a 180 s 320x180 clip, SIGKILL a
    detector, classifier or aggregator (in turn) every `--kill-every` seconds, while sampling
    the store's stored-frame count every 50 ms. For each kill, the time from the kill to the
-   end of the longest pause in stored rows within 20 s after it: when rows flow again.
+   end of the longest pause in stored rows before the next kill (at most 20 s): when rows
+   flow again.
 
     .venv/bin/python -m bench.bench_faults --rounds 5 --old-tree before-acks=/tmp/head
 """
@@ -82,8 +83,8 @@ def stored(store: str) -> int:
 
 def recovery(work: Path, kill_every_s: float) -> dict[str, list[float]]:
     clip = work / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "3", "-i",
-                    str(SHARED_DATA / "videos" / "WolfgangLanger_Pexels.mp4"), "-t", "59", "-vf", "scale=320:180",
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "9", "-i",
+                    str(SHARED_DATA / "videos" / "WolfgangLanger_Pexels.mp4"), "-t", "180", "-vf", "scale=320:180",
                     "-an", "-c:v", "libx264", "-preset", "veryfast", str(clip)], check=True)
     store = f"sqlite:///{work}/faults.db"
     process = analyse(ROOT, [str(clip), "--every-frame", "--workers", "2", "--out", str(work / "faults"),
@@ -107,8 +108,8 @@ def recovery(work: Path, kill_every_s: float) -> dict[str, list[float]]:
     if process.returncode:
         raise SystemExit("the recovery run failed")
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    for at, stage in kills:
-        after = [(t, n) for t, n in samples if at <= t <= at + 20]
+    for (at, stage), until in zip(kills, [*(t for t, _ in kills[1:]), float("inf")]):
+        after = [(t, n) for t, n in samples if at <= t < min(until, at + 20)]
         changes = [t for (t, n), (_, before) in zip(after[1:], after) if n > before]
         if not changes:
             continue

@@ -209,9 +209,10 @@ up() {
     docker node update --label-add emojimation.backend=true --label-add emojimation.cameras=true "$node" >/dev/null \
       || die "swarm: cannot label node $node"
     ok "swarm: one-node swarm, node labelled emojimation.backend and emojimation.cameras"
-    export EMOJIMATION_DASHBOARD_PUBLISH=$PORT  # Swarm publishes through its routing mesh
+    export EMOJIMATION_DASHBOARD_PUBLISH=$PORT  # on this node (mode: host), every interface: Swarm takes no IP
     UP=1
-    docker stack deploy --resolve-image never -c compose.yaml -c deploy/smoke/compose.smoke.yaml "$PROJECT" \
+    docker stack deploy --resolve-image never -c compose.yaml -c deploy/smoke/compose.smoke.yaml \
+      -c deploy/smoke/compose.swarm.yaml "$PROJECT" \
       >"$WORK/up.log" 2>&1 || die "up: docker stack deploy failed: $(tail -2 "$WORK/up.log" | tr '\n' ' ')"
   else
     export EMOJIMATION_DASHBOARD_PUBLISH=127.0.0.1:$PORT
