@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from detector.schedule import ScheduledDetector
 from detector.stage import detect_faces
 from core.messages import Frame, decode, encode
 from core.preprocess import INPUT_SIZE, CropGeometry, face_input
@@ -66,7 +67,8 @@ def test_training_loader_and_pipeline_crop_give_identical_inputs(tmp_path):
         x += side + 9
     assert x <= frame.shape[1]
 
-    faces = detect_faces(PlacedFaces(boxes), Frame(stream="cam", seq=0, image=frame), CropGeometry(0.0, 0.0))
+    faces = detect_faces(ScheduledDetector(PlacedFaces(boxes), every=1), Frame(stream="cam", seq=0, image=frame),
+                         CropGeometry(0.0, 0.0))
     wire = decode(encode(faces))  # what the classifier stage receives
     assert wire.crops.shape == (len(EMOTIONS), INPUT_SIZE, INPUT_SIZE) and wire.crops.dtype == np.uint8
     for label in range(len(EMOTIONS)):
