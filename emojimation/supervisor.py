@@ -10,6 +10,7 @@ gone when `stop()` returns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -114,15 +115,16 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         environment = {**self.env, **child.env}
         child.last_seen, child.reported = time.monotonic(), False
+        die_with_us = functools.partial(_die_with_parent, os.getpid())
         if child.inherit_output:
             child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             env=environment, start_new_session=True, preexec_fn=_die_with_parent)
+                                             env=environment, start_new_session=True, preexec_fn=die_with_us)
             return
         child.log_path = self.work_dir / f"{child.name}.log"
         with child.log_path.open("ab") as log:
             child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              env=environment, start_new_session=True,
-                                             preexec_fn=_die_with_parent)
+                                             preexec_fn=die_with_us)
 
     def respawn(self, child: Child) -> None:
         """Start a stage that died again, with the same arguments and addresses (it learns how
@@ -242,8 +244,12 @@ def record_event(store_url: str, kind: str, message: str, source_id: int | None 
         logger.warning("could not record the %s event: %s", kind, error)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the supervisor dies, however it dies (Linux)."""
+def _die_with_parent(supervisor_pid: int) -> None:
+    """In the child before exec: SIGTERM it when the supervisor dies, however it dies (Linux).
+
+    If the supervisor died between the fork and the prctl call (a SIGKILL at that instant: seen
+    under heavy load, when a restart and the kill coincide), no signal will ever come: the
+    child's parent is already another process, so it exits at once instead of living on."""
     try:
         import ctypes
 
@@ -251,6 +257,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != supervisor_pid:
+        os._exit(1)
 
 
 def describe_death(child: Child) -> str:
