@@ -22,7 +22,7 @@ from typing import Any
 
 from core.config import AlertRule
 from core.emotions import EMOTIONS
-from core.runtime import redact
+from core.errors import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class WebhookSender:
     def send(self, url: str, payload: dict[str, Any]) -> None:
         if urllib.parse.urlsplit(url).scheme.lower() not in WEBHOOK_SCHEMES:
             self.failed += 1
-            logger.error("webhook %s: not an http:// or https:// URL; alert %s not sent", redact(url),
+            logger.error("webhook %s: not an http:// or https:// URL; alert %s not sent", redact_url(url),
                          payload.get("alert"))
             return
         try:
@@ -144,7 +144,7 @@ class WebhookSender:
                 error.close()
                 if 300 <= error.code < 400:
                     self.failed += 1
-                    logger.error("webhook %s: answered %d %s; redirects are not followed", redact(url), error.code,
+                    logger.error("webhook %s: answered %d %s; redirects are not followed", redact_url(url), error.code,
                                  error.reason)
                     return
                 problem: Exception = error
@@ -152,8 +152,8 @@ class WebhookSender:
                 problem = error
             if attempt == WEBHOOK_ATTEMPTS:
                 self.failed += 1
-                logger.error("webhook %s: giving up after %d attempts (%s)", redact(url), attempt,
-                             redact(str(problem)))
+                logger.error("webhook %s: giving up after %d attempts (%s)", redact_url(url), attempt,
+                             redact_url(str(problem)))
             else:
                 time.sleep(0.5 * 2 ** (attempt - 1))
 

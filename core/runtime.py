@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from core.errors import redact_url
 from core.messages import Ack, Faces, Frame, Message, MessageError, Status, StatusEvent, decode, encode
 from core.metrics import Counters, StageMetrics
 from core.security import LinkSecurity
@@ -35,7 +34,6 @@ HIGH_WATER_MARK = 64  # messages queued per socket before a sender blocks (files
 # A stage's loop reports it is alive this often; the supervisor restarts a stage silent for
 # much longer (MonitorConfig.heartbeat_timeout_s), so a hung process is noticed, not only a dead one.
 HEARTBEAT_EVERY_S = 2.0
-redact = redact_url  # credentials are never logged (core.errors)
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,7 +16,7 @@ With `every` = 1 every frame is detected, as before. This is the scheme of NVIDI
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -42,8 +42,6 @@ class StreamState:
     velocity: np.ndarray  # (n, 4) per frame
     thumb: np.ndarray  # the grey thumbnail at the last full detection
     detected: np.ndarray  # the boxes the last full detection found (velocities are measured from them)
-    full: int = 0  # full detections run (for the log and tests)
-    carried: int = field(default=0)
 
 
 class ScheduledDetector:
@@ -64,7 +62,6 @@ class ScheduledDetector:
         steps = frame_index - state.frame_index
         boxes = _clip(state.boxes + state.velocity * steps, image.shape)
         state.boxes, state.frame_index = boxes, frame_index
-        state.carried += 1
         return boxes.copy(), state.scores.copy(), False
 
     def _due(self, state: StreamState, frame_index: int, thumb: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -86,9 +83,7 @@ class ScheduledDetector:
             velocity[matched] = (boxes[matched] - state.detected[best[matched]]) / (frame_index - state.detected_at)
         if len(self.streams) >= self.max_streams and stream not in self.streams:
             self.streams.pop(next(iter(self.streams)))  # forget the oldest stream (live cameras come and go)
-        full = (state.full if state else 0) + 1
-        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes, full,
-                                           state.carried if state else 0)
+        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes)
         return boxes, scores
 
     def forget(self, stream: str) -> None:

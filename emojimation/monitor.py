@@ -31,9 +31,8 @@ from core import config as cfg
 from core.config import (
     AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
 )
-from core.errors import ConfigError, EmojimationError, database_errors
+from core.errors import ConfigError, EmojimationError, database_errors, redact_url
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
-from core.runtime import redact
 from core.security import LinkSecurity
 from core.store import Store
 from emojimation.analysis import model_name
@@ -66,7 +65,7 @@ def source_problem(url: str) -> str:
             f"unsupported scheme {scheme!r} (rtsp, rtsps, http, https)"
     if text.isdigit() or text.startswith("/dev/video"):
         return ""
-    return "" if Path(text).is_file() else f"{redact(text)}: no such file (and not a URL or webcam)"
+    return "" if Path(text).is_file() else f"{redact_url(text)}: no such file (and not a URL or webcam)"
 
 
 def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],

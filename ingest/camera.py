@@ -47,9 +47,9 @@ import numpy as np
 import zmq
 
 from core.config import IngestConfig
-from core.errors import DataError
+from core.errors import DataError, redact_url
 from core.messages import End, Frame, Start, Status, StatusEvent, encode, header
-from core.runtime import StageIO, redact
+from core.runtime import StageIO
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ PREVIEW_MAX_SIDE = 640
 
 def camera_uri(url: str) -> str:
     """How a camera is identified in the store: its URL without credentials."""
-    return redact(url.strip())
+    return redact_url(url.strip())
 
 
 @dataclass
@@ -91,7 +91,7 @@ def camera_source(url: str, rtsp_transport: str = "tcp", loop: bool = False, tim
         return CameraSource(source, options={"rw_timeout": str(int(timeout_s * 1_000_000)),
                                              "analyzeduration": "500000"})
     if not Path(source).is_file():
-        raise DataError(f"{redact(source)}: camera source is not a URL (rtsp://, http(s)://), a webcam or a file")
+        raise DataError(f"{redact_url(source)}: camera source is not a URL (rtsp://, http(s)://), a webcam or a file")
     return CameraSource(source, realtime=True, loop=loop)  # a simulated camera
 
 
@@ -106,8 +106,8 @@ def ffmpeg_reason(error: BaseException) -> str:
     if isinstance(error, av.ExitError):
         return "no data before the timeout"
     if isinstance(error, av.FFmpegError):
-        return redact(str(error.strerror or type(error).__name__))
-    return redact(str(error).split(": '", 1)[0] or type(error).__name__)
+        return redact_url(str(error.strerror or type(error).__name__))
+    return redact_url(str(error).split(": '", 1)[0] or type(error).__name__)
 
 
 @dataclass

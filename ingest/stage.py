@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from core.config import IngestConfig
-from core.errors import DataError
+from core.errors import DataError, redact_url
 from core.messages import End, Frame, Message, Start, StatusEvent
-from core.runtime import StageIO, redact, running
+from core.runtime import StageIO, running
 from ingest.media import (
     MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
 )
@@ -135,7 +135,7 @@ def stream_input(io: StageIO, stream: str, path: str, config: IngestConfig, stop
     io.report(StatusEvent.INPUT_STARTED, stream, input=path, expected_frames=start.expected_frames, kind=info.kind)
     if not send(start):
         return False
-    logger.info("streaming %s as %s (%s, %d frames to analyse)", redact(path), stream, info.kind,
+    logger.info("streaming %s as %s (%s, %d frames to analyse)", redact_url(path), stream, info.kind,
                 start.expected_frames)
     counter = Sent()
     try:

@@ -136,3 +136,24 @@ def run_cli(*args: object, cache_dir: Path, cwd: Path, timeout: float = 120) -> 
     """`python -m emojimation ARGS` in `cwd` (a temporary folder: nothing lands in the repository)."""
     return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(cache_dir), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def kill_after_epoch(args: list[object], epoch: int, cache_dir: Path, cwd: Path, timeout: float = 300) -> None:
+    """Run `python -m emojimation ARGS` and SIGKILL it once it reports epoch `epoch` (saved; the
+    next has begun): the interrupted run that the resume tests then continue."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen(cli_command(*args), cwd=cwd, env=cli_env(cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith(f"epoch {epoch}/"):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed after epoch {epoch}"

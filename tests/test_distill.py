@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import subprocess
-import threading
 
 import numpy as np
 import pytest
 
 from core.emotions import EMOTIONS
 from core.model_io import DEFAULT_MODEL_PATH, EmotionModel
-from helpers_fer import build_small_fer, cli_command, cli_env, run_cli
+from helpers_fer import build_small_fer, kill_after_epoch, run_cli
 from training.distill import soft_targets
 
 
@@ -34,19 +30,7 @@ def distilled(tmp_path_factory, fer_cache):
     shutil.copyfile(DEFAULT_MODEL_PATH, second)
     teachers = [DEFAULT_MODEL_PATH, second]
     out = root / "out"
-    proc = subprocess.Popen(cli_command(*_distill_args(data, teachers, out)), cwd=root, env=cli_env(fer_cache),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            if line.startswith("epoch 2/"):
-                os.kill(proc.pid, signal.SIGKILL)  # epoch 2 is saved; epoch 3 has begun
-                break
-        proc.wait(timeout=60)
-    finally:
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after epoch 2"
+    kill_after_epoch(_distill_args(data, teachers, out), 2, fer_cache, root)
     result = run_cli(*_distill_args(data, teachers, out), cache_dir=fer_cache, cwd=root, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
     return data, teachers, out, result.stdout

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import threading
 
 import numpy as np
 import pytest
@@ -19,7 +15,7 @@ import pytest
 from core.emotions import EMOTIONS
 from core.errors import DataError
 from core.model_io import DEFAULT_MODEL_PATH, EmotionModel, softmax
-from helpers_fer import build_small_fer, cli_command, cli_env, run_cli
+from helpers_fer import build_small_fer, kill_after_epoch, run_cli
 from training.data import load_faces, stratified_holdout
 from training.detector_crops import load_pairs
 from training.finetune import holdout_split
@@ -37,20 +33,7 @@ def finetuned(tmp_path_factory, fer_cache):
     root = tmp_path_factory.mktemp("finetune")
     data = build_small_fer(root, {e: 20 for e in EMOTIONS})
     out = root / "out"
-    command = cli_command(*_finetune_args(data, out))
-    proc = subprocess.Popen(command, cwd=root, env=cli_env(fer_cache), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    watchdog = threading.Timer(300, proc.kill)
-    watchdog.start()
-    try:
-        for line in proc.stdout:
-            if line.startswith("epoch 2/"):
-                os.kill(proc.pid, signal.SIGKILL)  # epoch 2 is saved; epoch 3 has begun
-                break
-        proc.wait(timeout=60)
-    finally:
-        watchdog.cancel()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed after epoch 2"
+    kill_after_epoch(_finetune_args(data, out), 2, fer_cache, root)
     result = run_cli(*_finetune_args(data, out), cache_dir=fer_cache, cwd=root, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
     pairs_file = next(fer_cache.glob("detector-crops-haar-blazeface-r2-s0-p*-train-*.npz"))

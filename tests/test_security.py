@@ -36,6 +36,7 @@ from core.errors import DataError, redact_url
 from core.security import InsecureBindError, LinkSecurity, generate_keys, plain_bind_problem
 from core.store import Store, TrackRow
 from ingest.media import MAX_IMAGE_PIXELS, read_image
+from test_monitor import free_port, wait_for  # one copy of each helper
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVERS = Path(__file__).parent / "servers"
@@ -47,22 +48,6 @@ CAMERA_SECRETS = [CAMERA_PASSWORD, quote(CAMERA_PASSWORD, safe=""), "7%2Fw0rd", 
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def command_lines() -> dict[int, bytes]:
     """Every process's argv as the kernel shows it to any local user (/proc/PID/cmdline)."""
     lines = {}

@@ -19,7 +19,6 @@ teacher-targets-*.npz (the cached soft targets), checkpoints-distill/.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import time
@@ -33,8 +32,8 @@ from core.emotions import NUM_EMOTIONS
 from core.errors import DataError, ModelError
 from core.model_io import (
     EmotionModel, ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
-    write_json_atomic,
 )
+from training.checkpoints import EpochCheckpoints
 from training.train import MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history
 
 # Settings a resumed run must share with the run it resumes (the rest only affect the end).
@@ -44,6 +43,7 @@ RESUME_KEYS = ("teachers", "data", "split", "pairs", "epochs", "batch_size", "le
 
 
 def _resume_signature(config: DistillConfig) -> dict[str, str]:
+    """The settings a resumed run must share with the run it resumes, as text."""
     values = asdict(config)
     return {k: str(values[k]) for k in RESUME_KEYS}
 
@@ -114,13 +114,8 @@ def run(config: DistillConfig) -> Path:
     if config.restart and backup_dir.exists():
         shutil.rmtree(backup_dir)
     backup_dir.mkdir(parents=True, exist_ok=True)
-    state_path = backup_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"epoch": 0}
-    signature = _resume_signature(config)
-    if state["epoch"] and state.get("settings") != signature:
-        changed = [k for k in RESUME_KEYS if (state.get("settings") or {}).get(k) != signature[k]]
-        raise DataError(f"{backup_dir}: a run with other settings ({', '.join(changed)}) is in progress;"
-                        " use the same settings to resume, or --restart")
+    checkpoints = EpochCheckpoints(backup_dir, _resume_signature(config))
+    first_epoch = checkpoints.last_epoch() + 1  # refuses other settings before any work
 
     targets = soft_targets(teacher_logits(teachers, images, out, config.precision), config.temperature)
     train_images, train_labels, train_targets = images[train_idx], labels[train_idx], targets[train_idx]
@@ -170,20 +165,16 @@ def run(config: DistillConfig) -> Path:
         return loss, hits
 
     optimizer.build(model.trainable_variables)
-    if state["epoch"]:
-        model.load_weights(backup_dir / f"epoch_{state['epoch']}.weights.h5")
-        with np.load(backup_dir / f"epoch_{state['epoch']}.optimizer.npz") as saved:
-            for k, variable in enumerate(optimizer.variables):
-                variable.assign(saved[f"v{k}"])  # moments and step count: the schedule resumes too
-        print(f"resuming after epoch {state['epoch']} from {backup_dir}", flush=True)
+    if first_epoch > 1:
+        checkpoints.restore(model, optimizer, first_epoch - 1)
     history_path = out / "history-distill.csv"
-    trim_history(history_path, state["epoch"])
+    trim_history(history_path, first_epoch - 1)
     hold_x = images[hold_idx][..., None].astype(np.float32)
     print(f"distilling {len(teachers)} teacher(s) into a width-{config.width} student"
           f" ({model.count_params():,} parameters) on {len(train_labels)} examples, {steps_per_epoch} steps/epoch,"
           f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
 
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
         loss_sum = hits = 0.0
@@ -199,15 +190,7 @@ def run(config: DistillConfig) -> Path:
                "holdout_accuracy": float((hold_pred == labels[hold_idx]).mean()),
                "learning_rate": float(schedule(optimizer.iterations)), "seconds": round(time.perf_counter() - started, 1)}
         append_history(history_path, row)
-        model.save_weights(backup_dir / f"epoch_{epoch}.weights.h5")
-        np.savez(backup_dir / f"epoch_{epoch}.optimizer.npz",
-                 **{f"v{k}": v.numpy() for k, v in enumerate(optimizer.variables)})
-        write_json_atomic(state_path, {"epoch": epoch, "settings": signature})
-        # Keep the epochs the final average needs; the others' weights go (their optimizer state always).
-        for old in backup_dir.glob(f"epoch_{epoch - 1}.optimizer.npz"):
-            old.unlink()
-        stale = epoch - max(config.average_last, 1)
-        (backup_dir / f"epoch_{stale}.weights.h5").unlink(missing_ok=True)
+        checkpoints.save(model, optimizer, epoch, keep_weights=config.average_last)  # the average needs them
         print(f"epoch {epoch}/{config.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}"
               f"  hold-out acc {row['holdout_accuracy']:.4f}  {row['seconds']:.0f}s", flush=True)
 

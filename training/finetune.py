@@ -12,7 +12,6 @@ temperature on the logits the product sees: flip-averaged, on faces and on their
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -26,8 +25,9 @@ from core.config import PROJECT_ROOT, FinetuneConfig, TrainConfig
 from core.emotions import NUM_EMOTIONS
 from core.errors import DataError
 from core.model_io import (
-    ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow, write_json_atomic,
+    ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow,
 )
+from training.checkpoints import EpochCheckpoints
 from training.train import MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history
 
 
@@ -146,28 +146,17 @@ def run(config: FinetuneConfig) -> Path:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return label_loss, tf.reduce_mean(kl)
 
-    # A checkpoint is the epoch's weights and optimizer state under the epoch's own names; the
-    # state file, replaced atomically, names the last complete one.
-    state_path = backup_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"epoch": 0}
-    signature = _resume_signature(config)
-    if state["epoch"] and state.get("settings") != signature:
-        changed = [k for k in RESUME_KEYS if (state.get("settings") or {}).get(k) != signature[k]]
-        raise DataError(f"{backup_dir}: a run with other settings ({', '.join(changed)}) is in progress;"
-                        " use the same settings to resume, or --restart")
+    checkpoints = EpochCheckpoints(backup_dir, _resume_signature(config))
+    first_epoch = checkpoints.last_epoch() + 1
     optimizer.build(model.trainable_variables)
-    if state["epoch"]:
-        model.load_weights(backup_dir / f"epoch_{state['epoch']}.weights.h5")
-        with np.load(backup_dir / f"epoch_{state['epoch']}.optimizer.npz") as saved:
-            for k, variable in enumerate(optimizer.variables):
-                variable.assign(saved[f"v{k}"])  # moments and the step count: the schedule resumes too
-        print(f"resuming after epoch {state['epoch']} from {backup_dir}", flush=True)
-    trim_history(history_path, state["epoch"])
+    if first_epoch > 1:
+        checkpoints.restore(model, optimizer, first_epoch - 1)
+    trim_history(history_path, first_epoch - 1)
     print(f"fine-tuning {config.start.name} on {len(train_idx)} faces with {len(pairs['index'])} crops"
           f" ({', '.join(map(str, pairs['names']))}), {steps_per_epoch} steps/epoch,"
           f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
 
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_rng = np.random.default_rng([config.seed, epoch])
         started = time.perf_counter()
         picks = epoch_rng.permutation(train_idx)
@@ -185,12 +174,7 @@ def run(config: FinetuneConfig) -> Path:
         row = {"epoch": epoch, "label_loss": sums[0] / steps_per_epoch, "symmetric_kl": sums[1] / steps_per_epoch,
                "seconds": round(time.perf_counter() - started, 1)}
         append_history(history_path, row)
-        model.save_weights(backup_dir / f"epoch_{epoch}.weights.h5")
-        np.savez(backup_dir / f"epoch_{epoch}.optimizer.npz",
-                 **{f"v{k}": v.numpy() for k, v in enumerate(optimizer.variables)})
-        write_json_atomic(state_path, {"epoch": epoch, "settings": signature})
-        for old in backup_dir.glob(f"epoch_{epoch - 1}.*"):
-            old.unlink()
+        checkpoints.save(model, optimizer, epoch)
         print(f"epoch {epoch}/{config.epochs}  label loss {row['label_loss']:.4f}  symmetric KL"
               f" {row['symmetric_kl']:.4f}  {row['seconds']:.0f}s", flush=True)
 

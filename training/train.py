@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import TrainConfig, load
-from core.emotions import EMOTIONS, NUM_EMOTIONS
+from core.emotions import NUM_EMOTIONS
 from core.errors import DataError
 from core.model_io import (
     ModelInfo, configure_tensorflow_threads, cpu_has_bf16, metadata_path, quiet_tensorflow, write_json_atomic,
