@@ -9,6 +9,9 @@
    the store's stored-frame count every 50 ms. For each kill, the time from the kill to the
    end of the longest pause in stored rows before the next kill (at most 20 s): when rows
    flow again.
+3. Hang (monitor): one looped camera at 5 fps; once its face rows are stored, SIGSTOP the
+   shared classifier (never resumed) and time until a face row captured after the stop is
+   stored: the heartbeat timeout, the kill and restart, and the first batch (target 15 s).
 
     .venv/bin/python -m bench.bench_faults --rounds 5 --old-tree before-acks=/tmp/head
 """
@@ -118,6 +121,48 @@ def recovery(work: Path, kill_every_s: float) -> dict[str, list[float]]:
     return times
 
 
+def faces_captured_after(store: str, after: float) -> int:
+    try:
+        with Store(store, migrate=False) as opened:
+            sources = opened.sources()
+            return sum(int((opened.faces(int(i), columns=["captured_at"]).captured_at > after).sum())
+                       for i in sources.id)
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def monitor_hang(work: Path, timeout_s: float = 120.0) -> float:
+    """Seconds from SIGSTOP of the monitor's classifier to the first face row captured after it."""
+    store = f"sqlite:///{work}/hang.db"
+    process = subprocess.Popen([sys.executable, "-m", "emojimation", "monitor", f"cam={MEGAMIND}", "--loop",
+                                "--fps", "5", "--store", store, "--log-level", "WARNING"], cwd=ROOT,
+                               env={**os.environ, "EMOJIMATION_HOME": str(work)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hung = 0
+    try:
+        deadline = time.monotonic() + timeout_s
+        while faces_captured_after(store, 0.0) == 0:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit("the monitor stored no face row")
+            time.sleep(0.2)
+        hung = stage_pids(process.pid, "classifier")[0]
+        os.kill(hung, signal.SIGSTOP)
+        stopped_at, started = time.time(), time.monotonic()
+        while faces_captured_after(store, stopped_at) == 0:
+            if time.monotonic() - started > timeout_s:
+                raise SystemExit(f"no rows {timeout_s:.0f} s after the classifier hung")
+            time.sleep(0.1)
+        return time.monotonic() - started
+    finally:
+        if hung:
+            try:
+                os.kill(hung, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -125,6 +170,8 @@ def main() -> None:
                         help="an older checkout to compare with (repeatable)")
     parser.add_argument("--kill-every", type=float, default=8.0)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-recovery", action="store_true")
+    parser.add_argument("--hang-rounds", type=int, default=3, help="monitor hang measurements (0 = skip)")
     args = parser.parse_args()
     trees = {"now": ROOT, WITHOUT_ACKS: ROOT,
              **{name: Path(path) for name, path in (item.split("=", 1) for item in args.old_tree)}}
@@ -139,8 +186,10 @@ def main() -> None:
         for name, values in fps.items():
             print(f"{name}: median {statistics.median(values):.1f} frames/s over {len(values)} runs "
                   f"({', '.join(f'{v:.1f}' for v in values)})")
-    with tempfile.TemporaryDirectory() as tmp:
-        times = recovery(Path(tmp), args.kill_every)
+    times: dict[str, list[float]] = {}
+    if not args.skip_recovery:
+        with tempfile.TemporaryDirectory() as tmp:
+            times = recovery(Path(tmp), args.kill_every)
     every = [t for values in times.values() for t in values]
     for stage, values in times.items():
         if values:
@@ -148,6 +197,13 @@ def main() -> None:
                   f"({', '.join(f'{v:.1f}' for v in values)})")
     if every:
         print(f"all kills: median {statistics.median(every):.1f} s over {len(every)} kills")
+    hangs = []
+    for _ in range(args.hang_rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            hangs.append(monitor_hang(Path(tmp)))
+    if hangs:
+        print(f"monitor, classifier SIGSTOPped: rows again after median {statistics.median(hangs):.1f} s "
+              f"({', '.join(f'{v:.1f}' for v in hangs)})")
 
 
 if __name__ == "__main__":

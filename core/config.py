@@ -105,9 +105,12 @@ class IngestConfig(StageLinks):
     backoff_s: float = 0.5  # first reconnect delay; doubles per failure, with jitter ...
     backoff_max_s: float = 30.0  # ... up to this
     preview_bind: str = ""  # PUB the frames here for `monitor --preview` (empty = off)
-    # File runs with `acks`: frames not yet stored are kept (at most `window`) and sent again
-    # when a stage restarts, or when nothing was stored for `resend_after_s` (then twice as long).
-    window: int = 64
+    # File runs with `acks`: frames not yet stored are kept (at most `window` messages and
+    # `window_mb` MB) and sent again when a stage restarts, or when nothing was stored for
+    # `resend_after_s` (then twice as long). Measured (docs/benchmarks.md section 11): a window of
+    # 64 frames cost 8 % of megamind.avi's frames/s (ingest waited for acks); 192 cost nothing.
+    window: int = 256
+    window_mb: float = 192.0
     resend_after_s: float = 20.0
     run: str = ""  # the run's id, in each Start's options: a restarted aggregator or --resume finds its sources
     resume_command: str = ""  # the command that resumes the run, in each Start's options (the dashboard shows it)

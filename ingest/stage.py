@@ -171,7 +171,7 @@ def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
         finally:
             io.close()
     results: list[bool] = []
-    window = Window(io, config.window, config.resend_after_s, stop)
+    window = Window(io, config.window, config.resend_after_s, stop, int(config.window_mb * 2**20))
     with running(io, deliver=lambda: not stop.is_set()):
         results = [stream_input(io, stream_id(config.stream_prefix, i), path, config, stop, window.send)
                    for i, path in enumerate(config.inputs)]

@@ -1,7 +1,7 @@
 """At-least-once delivery for file runs: messages sent but not yet stored, and sending them again.
 
 A detector, classifier or aggregator that dies loses the messages it held. Ingest therefore
-keeps every message it sent (at most `size`, which also bounds memory) until the aggregator
+keeps every message it sent (at most `size` messages and `max_bytes` bytes) until the aggregator
 acknowledges that its stream is stored up to it (`Ack`, cumulative per stream). A restarted
 stage says hello (an Ack of stream ""): ingest then sends again every open stream's Start (a
 new aggregator knows no stream) and everything not yet stored; the aggregator drops the
@@ -33,13 +33,20 @@ class _Pending:
     frames: list[bytes]
     carries_frame: bool
 
+    @property
+    def size(self) -> int:
+        return sum(len(frame) for frame in self.frames)
+
 
 class Window:
     """Sends messages, keeps them until stored, and sends them again when they are not."""
 
-    def __init__(self, io: StageIO, size: int, resend_after_s: float, stop: threading.Event) -> None:
+    def __init__(self, io: StageIO, size: int, resend_after_s: float, stop: threading.Event,
+                 max_bytes: int = 1 << 62) -> None:
         self.io = io
         self.size = max(1, size)
+        self.max_bytes = max_bytes
+        self.pending_bytes = 0
         self.resend_after_s = resend_after_s
         self.stop = stop
         self.pending: dict[tuple[str, int], _Pending] = {}
@@ -69,16 +76,18 @@ class Window:
             return self.io.send(message, self.stop)
         if self.skipped(message):
             return True
-        while len(self.pending) >= self.size and not self.stop.is_set():
-            self.pump(100)
         frames = encode(message)
+        item = _Pending(frames, isinstance(message, Frame))
+        while self.pending and (len(self.pending) >= self.size or self.pending_bytes + item.size > self.max_bytes) \
+                and not self.stop.is_set():
+            self.pump(100)
         key = (message.stream, message.seq)
         if isinstance(message, Start):
             self.starts[message.stream] = frames
             self.stored.pop(message.stream, None)
         elif isinstance(message, End):
             self.ends[message.stream] = message.seq
-        self.pending[key] = _Pending(frames, isinstance(message, Frame))
+        self._keep(key, item)
         if not self.io.send_raw(frames, isinstance(message, Frame), self.stop):
             return False
         self.pump(0)
@@ -112,7 +121,8 @@ class Window:
             logger.warning("a stage restarted: sending %d open stream(s) and %d message(s) again",
                            len(self.starts), len(self.pending))
             for stream, frames in self.starts.items():
-                self.pending.setdefault((stream, 0), _Pending(frames, False))
+                if (stream, 0) not in self.pending:
+                    self._keep((stream, 0), _Pending(frames, False))
             self._resend_all()
             return
         if ack.stream not in self.starts or ack.seq <= self.stored.get(ack.stream, -1):
@@ -121,7 +131,7 @@ class Window:
         self.progress_at = time.monotonic()
         self.wait_s = self.resend_after_s
         for key in [key for key in self.pending if key[0] == ack.stream and key[1] <= ack.seq]:
-            del self.pending[key]
+            self._forget(key)
         if ack.seq >= self.ends.get(ack.stream, 1 << 62):  # the whole stream is stored
             self._complete(ack.stream)
 
@@ -129,4 +139,14 @@ class Window:
         self.starts.pop(stream, None)
         self.ends.pop(stream, None)
         for key in [key for key in self.pending if key[0] == stream]:
-            del self.pending[key]
+            self._forget(key)
+
+    def _keep(self, key: tuple[str, int], item: _Pending) -> None:
+        self._forget(key)  # a message sent again replaces its older copy
+        self.pending[key] = item
+        self.pending_bytes += item.size
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        item = self.pending.pop(key, None)
+        if item is not None:
+            self.pending_bytes -= item.size
