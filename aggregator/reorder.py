@@ -3,7 +3,10 @@
 Detector and classifier workers race, so a stream's messages arrive in any order, and some
 arrive before their stream's Start. A message is held until every earlier one has come; a file
 stream waits for every gap (nothing may be lost), a live stream waits for a missing message
-only `window_s` (it was dropped as stale upstream) and then skips it. A stream's End carries
+only `window_s` after a later message of the stream arrived (it was dropped as stale upstream)
+and then skips it: no message is held longer than `window_s`, however many gaps come in a row
+(waiting for each gap afresh once the one before was skipped let latency grow without bound
+when an overloaded pipeline dropped more than one frame per window). A stream's End carries
 the sequence number after its last frame, so releasing the End closes the stream.
 
 Pure logic: no store, no sockets. Dropped messages go to the `drop` callback with a reason.
@@ -29,7 +32,7 @@ class _Order:
     live: bool
     next_seq: int = 1
     waiting: dict[int, Message] = field(default_factory=dict)
-    gap_since: float = 0.0  # live: when the oldest missing seq began to be waited for
+    arrived: dict[int, float] = field(default_factory=dict)  # live: when each waiting message came
 
 
 @dataclass
@@ -83,8 +86,8 @@ class Reorder:
             self.drop("late" if order.live else "duplicate", message)
             return []
         order.waiting[message.seq] = message
-        if order.live and order.next_seq not in order.waiting and not order.gap_since:
-            order.gap_since = self.clock()
+        if order.live:
+            order.arrived[message.seq] = self.clock()
         if len(order.waiting) > MAX_REORDER:
             lost = min(order.waiting) - order.next_seq
             logger.error("%s: %d messages never arrived; continuing after the gap", message.stream, lost)
@@ -92,14 +95,16 @@ class Reorder:
         return self._release(message.stream, order)
 
     def skip_gaps(self, now: float) -> list[Skipped]:
-        """Live streams: give up on the first gap of each that has been waited for `window_s`."""
+        """Live streams: give up on every gap whose next message has waited `window_s` since it
+        arrived (several gaps of a stream in one call when they were all waited for long enough)."""
         skipped = []
         for stream, order in list(self.streams.items()):
-            if order.live and order.waiting and order.gap_since and now - order.gap_since >= self.window_s:
+            while order.live and order.waiting and stream in self.streams:
                 first = min(order.waiting)
+                if now - order.arrived.get(first, now) < self.window_s:
+                    break
                 frames = first - order.next_seq
                 order.next_seq = first
-                order.gap_since = 0.0
                 skipped.append(Skipped(stream, frames, self._release(stream, order)))
         return skipped
 
@@ -107,12 +112,10 @@ class Reorder:
         released = []
         while order.next_seq in order.waiting:
             message = order.waiting.pop(order.next_seq)
+            order.arrived.pop(order.next_seq, None)
             released.append(message)
             order.next_seq += 1
-            order.gap_since = 0.0
             if isinstance(message, End):  # nothing follows a stream's End
                 self.close(stream)
                 return released
-        if order.live and order.waiting and not order.gap_since:
-            order.gap_since = self.clock()
         return released

@@ -21,9 +21,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_worker_start import cpu_model, vector_flags  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 PRODUCT_PYTHON = ROOT / ".venv" / "bin" / "python"
 FER_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
+
+
+def make_wolfgang_clip(path: Path) -> Path:
+    """60 s of a real face: WolfgangLanger_Pexels.mp4 (640x360, 23.976 fps, 19.7 s) looped."""
+    if not path.exists():
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "3", "-i",
+                        str(SHARED / "videos" / "WolfgangLanger_Pexels.mp4"), "-t", "60", "-an", "-c:v", "libx264",
+                        "-crf", "20", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
 
 
 def make_720p_clip(path: Path) -> Path:
@@ -35,10 +47,24 @@ def make_720p_clip(path: Path) -> Path:
     return path
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Sum of resident memory of a process and all its descendants."""
+def process_name(pid: int) -> str:
+    """A process's role: the module of `python -m X`, else its command's name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    if b"-m" in argv[:-1]:
+        name = argv[argv.index(b"-m") + 1].decode()
+        return "supervisor" if name == "emojimation" else name
+    return Path(argv[0].decode()).name if len(argv) > 1 and not argv[0].endswith(b"python") else \
+        Path(argv[min(1, len(argv) - 1)].decode()).name
+
+
+def tree_sample(root_pid: int) -> tuple[int, dict[int, float]]:
+    """Sum of resident memory of a process and all its descendants, and each one's CPU seconds so far."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -47,24 +73,36 @@ def tree_rss_bytes(root_pid: int) -> int:
             fields = stat.rsplit(")", 1)[1].split()
             parents[int(entry.name)] = int(fields[1])
             rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
-    total, frontier = 0, [root_pid]
+    total, frontier, seen = 0, [root_pid], {}
     while frontier:
         pid = frontier.pop()
         total += rss.get(pid, 0)
+        seen[pid] = cpu.get(pid, 0.0)
         frontier += [child for child, parent in parents.items() if parent == pid]
-    return total
+    return total, seen
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    return tree_sample(root_pid)[0]
 
 
 def measure(command: list[str], cwd: Path) -> dict:
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = [0]
+    cpu: dict[int, float] = {}  # the last CPU seconds seen per process (sampled: the last 50 ms are missed)
+    names: dict[int, str] = {}
 
     def sample() -> None:
         while process.poll() is None:
-            peak[0] = max(peak[0], tree_rss_bytes(process.pid))
+            rss, seen = tree_sample(process.pid)
+            peak[0] = max(peak[0], rss)
+            cpu.update(seen)
+            for pid in seen.keys() - names.keys():
+                names[pid] = process_name(pid)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -75,8 +113,11 @@ def measure(command: list[str], cwd: Path) -> dict:
     sampler.join()
     if status != 0:
         raise RuntimeError(f"{command[:4]} failed with status {status}")
+    by_role: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        by_role[names.get(pid, "?")] = by_role.get(names.get(pid, "?"), 0.0) + seconds
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak[0] / 2**20,
-            "stdout": stdout}
+            "stdout": stdout, "cpu_by_process": {k: round(v, 2) for k, v in sorted(by_role.items())}}
 
 
 def main() -> None:
@@ -85,13 +126,18 @@ def main() -> None:
     parser.add_argument("--detectors", nargs="+", default=["blazeface", "blazeface-full"],
                         help="our detectors to run, each as its own case")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--videos", nargs="+", choices=["megamind", "720p"], default=["megamind", "720p"],
-                        help="which of the two files to run (default both)")
+    parser.add_argument("--videos", nargs="+", choices=["megamind", "wolfgang", "720p"],
+                        default=["megamind", "wolfgang", "720p"], help="which files to run (default all three)")
+    parser.add_argument("--ours-only", action="store_true", help="skip fer (e.g. to profile our processes)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more `analyse` arguments for our cases")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))
     videos = {}
     if "megamind" in args.videos:
         videos["megamind.avi (720x528, 270 frames)"] = SHARED / "videos" / "megamind.avi"
+    if "wolfgang" in args.videos:
+        videos["WolfgangLanger_Pexels looped, 640x360 24 fps 60 s (1439 frames)"] = \
+            make_wolfgang_clip(scratch / "wolfgang60.mp4")
     if "720p" in args.videos:
         videos["megamind 1280x720 30 fps 60 s (1800 frames)"] = make_720p_clip(scratch / "megamind720.mp4")
     frames = {name: int(json.loads(subprocess.run(
@@ -101,14 +147,14 @@ def main() -> None:
     def ours(detector: str):
         return lambda path: [str(PRODUCT_PYTHON), "-m", "emojimation", "analyse", str(path), "--every-frame",
                              "--detector", detector, "--workers", str(args.workers), "--no-progress", "--json",
-                             "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db"]
+                             "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db", *args.extra]
 
-    cases = {
-        **{f"emojimation ({detector})": ours(detector) for detector in args.detectors},
-        "fer Video.analyze (defaults)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path)],
-        "fer Video.analyze (lean)": lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"), str(path),
-                                                  "--lean"],
-    }
+    cases = {f"emojimation ({detector})": ours(detector) for detector in args.detectors}
+    if not args.ours_only:
+        cases["fer Video.analyze (defaults)"] = lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"),
+                                                              str(path)]
+        cases["fer Video.analyze (lean)"] = lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"),
+                                                          str(path), "--lean"]
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for video, path in videos.items():
@@ -117,7 +163,8 @@ def main() -> None:
                 output = json.loads(result.pop("stdout"))
                 result["faces"] = output["faces"] if "faces" in output else output["inputs"][0]["faces"]
                 runs.setdefault((video, case), []).append(result)
-                print(video, case, {k: round(v, 2) for k, v in result.items()}, file=sys.stderr, flush=True)
+                print(video, case, {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()},
+                      file=sys.stderr, flush=True)
     report = []
     for (video, case), results in runs.items():
         wall = statistics.median(r["wall_s"] for r in results)
@@ -125,8 +172,11 @@ def main() -> None:
                        "frames_per_s": round(frames[video] / wall, 1),
                        "cpu_s": round(statistics.median(r["cpu_s"] for r in results), 1),
                        "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
-                       "faces": statistics.median(r["faces"] for r in results), "rounds": len(results)})
-    print(json.dumps(report, indent=2))
+                       "faces": statistics.median(r["faces"] for r in results), "rounds": len(results),
+                       "cpu_by_process": {name: round(statistics.median(r["cpu_by_process"].get(name, 0.0)
+                                                                         for r in results), 2)
+                                          for name in results[0]["cpu_by_process"]}})
+    print(json.dumps({"cpu": f"{cpu_model()} ({os.cpu_count()} vCPUs; {vector_flags()})", "cases": report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 Crops from several frames (and streams) are gathered into one batch until `max_batch`
 faces are waiting or the oldest has waited `max_wait_ms`: one model call per batch
 instead of one per face is what makes the CNN cheap on a CPU.
+
+Live runs set `max_age_s` (the monitor's): faces of a frame captured longer ago are dropped
+as stale when they arrive, so whatever queued up before this stage (socket buffers hold dozens
+of small Faces messages) is never worked through late.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from core.runtime import StageIO, running
 logger = logging.getLogger(__name__)
 
 
-def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified]:
+NO_CROPS = np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
+
+
+def classify_batch(model: EmotionModel, pending: list[Faces], forward_crops: bool = True) -> list[Classified]:
+    """One model call for every face of `pending`; each message answered with its faces'
+    probabilities (and crops, with `forward_crops`)."""
     crops = [m.crops for m in pending if len(m.crops)]
     probs = model.probabilities(np.concatenate(crops)) if crops else np.zeros((0, NUM_EMOTIONS), np.float32)
     results, offset = [], 0
@@ -32,7 +41,7 @@ def classify_batch(model: EmotionModel, pending: list[Faces]) -> list[Classified
         n = len(message.crops)
         results.append(Classified(
             **header(message), frame_index=message.frame_index, error=message.error,
-            boxes=message.boxes, scores=message.scores, crops=message.crops,
+            boxes=message.boxes, scores=message.scores, crops=message.crops if forward_crops else NO_CROPS,
             probs=probs[offset:offset + n].astype(np.float32),
         ))
         offset += n
@@ -55,6 +64,10 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
         while not stop.is_set():
             timeout = 200 if not pending else max(0, int(config.max_wait_ms - (time.monotonic() - waiting_since) * 1000))
             message: Message | None = io.receive(timeout)
+            if config.max_age_s and isinstance(message, Faces) and not isinstance(message, Classified) \
+                    and time.time() - message.capture_time > config.max_age_s:
+                io.counters.drop("stale")  # live, as the detector does; the aggregator counts the gap per camera
+                message = None
             if isinstance(message, Faces) and not isinstance(message, Classified):
                 if not pending:
                     waiting_since = time.monotonic()
@@ -67,7 +80,7 @@ def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
                                (time.monotonic() - waiting_since) * 1000 >= config.max_wait_ms)
             if due:
                 started = time.perf_counter()
-                results = classify_batch(model, pending)
+                results = classify_batch(model, pending, config.forward_crops)
                 if queued:  # frames without faces make no model call
                     io.metrics.inference_seconds.observe(time.perf_counter() - started)
                     io.metrics.batch_size.observe(queued)

@@ -81,6 +81,10 @@ class StageLinks:
     # File runs: the ingest binds its acknowledgement input here; the aggregator connects to it.
     acks: str = ""
     restarts: int = 0  # times the supervisor restarted this stage (set on respawn; a metric)
+    # ZeroMQ high-water mark of this stage's input (RCVHWM) and output (SNDHWM): messages queued
+    # per link on each side before a sender blocks (files) or a camera drops (live). 64 keeps a
+    # file run's workers busy; the monitor gives every stage MonitorConfig.queue_messages.
+    queue_messages: int = 64
 
 
 @dataclass
@@ -111,6 +115,10 @@ class IngestConfig(StageLinks):
     # 64 frames cost 8 % of megamind.avi's frames/s (ingest waited for acks); 192 cost nothing.
     window: int = 256
     window_mb: float = 192.0
+    # File runs: send a video's frames in FrameGroups of this many (the detection schedule's
+    # unit: one detector worker follows the faces through a group, so results never depend on
+    # which worker got which frames); 0 = one Frame message each (cameras, a stage run alone).
+    group_frames: int = 0
     resend_after_s: float = 20.0
     run: str = ""  # the run's id, in each Start's options: a restarted aggregator or --resume finds its sources
     resume_command: str = ""  # the command that resumes the run, in each Start's options (the dashboard shows it)
@@ -124,9 +132,11 @@ class DetectorConfig(StageLinks):
     margin: float | None = None  # crop margin; None = the preprocessing default
     threads: int = 1
     max_age_s: float = 0.0  # live: frames captured longer ago are dropped as stale (0 = never)
-    # Full detection every K-th frame a worker sees of a stream (and at scene changes); boxes are
-    # carried between (detector.schedule). 1 = every frame, today's default until measured otherwise.
-    detect_every: int = 1
+    # Full detection every K-th frame a worker sees of a stream (and at scene changes, and when a
+    # face is lost); between, each box is carried and refined by a local search (detector.schedule).
+    # 1 = every frame. 5: measured (docs/benchmarks.md section 10) to agree with the face alone
+    # no less than every frame does (83.1 % against 82.4 % of 244 segments).
+    detect_every: int = 5
 
 
 @dataclass
@@ -137,6 +147,10 @@ class ClassifierConfig(StageLinks):
     threads: int = 1
     flip_tta: str = "auto"  # auto (the model's setting) | on | off
     precision: str = "auto"  # auto (bfloat16 on CPUs with native bf16) | float32 | bfloat16
+    # Send the face crops on to the aggregator (it needs them only for track thumbnails): off,
+    # each face's crop crosses one socket instead of two.
+    forward_crops: bool = True
+    max_age_s: float = 0.0  # live: faces of frames captured longer ago are dropped as stale (0 = never)
 
 
 @dataclass
@@ -147,6 +161,11 @@ class AggregatorConfig(StageLinks):
     min_segment_s: float = 0.5  # shorter emotion runs merge into their neighbours
     track_max_gap_s: float = 1.0  # a face unseen for longer starts a new track
     track_min_iou: float = 0.2
+    # A track of fewer frames is short: its face rows are stored (with the tracker's ID, so a live
+    # track that grows past it keeps its rows), but it gets no track summary, so no row in
+    # tracks.csv, summary.json or the tracks table, and the dashboard draws no panel for it. Not
+    # applied to images (each face in a picture is its own one-frame track). 1 = every face's track.
+    min_track_frames: int = 3
     model_name: str = ""
     # Live cameras:
     reorder_window_s: float = 0.5  # a missing (dropped) camera frame is waited for this long, then skipped
@@ -168,12 +187,13 @@ class AnalyseConfig:
     store: str = ""
     annotate: bool = False
     thumbnails: bool = False
+    min_track_frames: int = 3  # a face followed for fewer analysed frames gets no track (AggregatorConfig)
     json: bool = False
     progress: bool = True
     max_side: int = 1280
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
-    detect_every: int = 1  # full face detection every K-th frame, boxes carried between (DetectorConfig)
+    detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
     resume: bool = False  # continue the latest interrupted run of these inputs from what the store holds
     # A stage silent (no heartbeat) this long is hung: killed and restarted, as is a stage that died,
     # at most `restart_limit` times per stage within 60 s.
@@ -197,9 +217,23 @@ class MonitorConfig:
     rtsp_transport: str = "tcp"
     stall_s: float = 5.0
     backoff_max_s: float = 30.0
-    detect_every: int = 1  # full face detection every K-th frame, boxes carried between (DetectorConfig)
+    detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
     max_age_s: float = 1.0  # frames older than this when a detector gets them are dropped (newest wins)
+    # (and so are faces older than this when a classifier gets them: no stage works on stale frames)
+    # Messages queued per link on each side (ZeroMQ SNDHWM and RCVHWM of every stage): small, so a
+    # full pipeline drops frames at the camera ingest instead of queueing them. A link of 1.1 MB
+    # frames over ipc holds 3 frames per camera with 1 (sender, socket, receiver), 5 with 2, 128
+    # with 64; each camera's queue moves once per round of all cameras, so a frame waits about
+    # 3 x cameras / (frames per second the detectors manage): 0.6 s at 1.25x overload of 5 fps
+    # cameras, where with 2 or more max_age_s is reached first. Below capacity queues stay empty.
+    # Measured, 8 file cameras at 30 fps with every frame detected (4x overload, a loaded 2-core
+    # machine, tests/test_live_overload.py): 1 gave p95 0.75-0.93 s with the drops at the ingests;
+    # 2 gave 1.02 s (max_age_s reached) and 154 frames analysed to 1's 731; with 64 the first
+    # camera had 18 frames analysed in the whole run. Past capacity the latency is then bounded
+    # by max_age_s, not by the queues: 0.5 s gave p95 0.52 s in the same test.
+    queue_messages: int = 1
     retention_days: float = 0.0
+    min_track_frames: int = 3  # a face followed for fewer analysed frames gets no track (AggregatorConfig)
     preview: bool = False
     # Keep each camera's newest annotated frame in the store for the dashboard's camera page
     # (off by default: it stores images of faces). At most one frame per camera every live_view_every_s.
@@ -620,7 +654,10 @@ def _validate(config: Any) -> None:
         raise ConfigError(f"tta {config.tta!r}: choose one of {', '.join(TTA_MODES)}")
     if isinstance(config, AggregatorConfig):
         rules_from_json(config.alert_rules)
-    for name in ("workers", "detector_workers", "max_batch", "detect_every"):
+    min_track_frames = getattr(config, "min_track_frames", None)
+    if min_track_frames is not None and min_track_frames < 1:
+        raise ConfigError(f"min_track_frames must be at least 1, got {min_track_frames}")
+    for name in ("workers", "detector_workers", "max_batch", "detect_every", "queue_messages"):
         value = getattr(config, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")

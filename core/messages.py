@@ -48,6 +48,7 @@ class MessageType(IntEnum):
     STATUS = 6  # a stage reports to the supervisor (ready, progress, done, error)
     TRACKED = 7  # classified faces with their track IDs (the aggregator's live output, e.g. for --preview)
     ACK = 8  # the aggregator to a file ingest: a stream's messages up to `seq` are stored (see Ack)
+    FRAME_GROUP = 9  # consecutive decoded pictures of a file stream, for one detector worker (see FrameGroup)
 
 
 class StatusEvent(StrEnum):
@@ -118,6 +119,41 @@ class Frame(Message):
 
     def meta(self) -> dict[str, Any]:
         return {"frame_index": self.frame_index, "scale": self.scale}
+
+
+@dataclass
+class FrameGroup(Message):
+    """Consecutive frames of one file stream, sent together so that one detector worker
+    handles them in order (file runs, detection on a schedule): frame j has seq `seq + j`.
+
+    The group is the detection schedule's unit: a full detection on its first frame, each face
+    followed through the rest. So every frame's boxes depend only on the frames of its group,
+    never on which worker got which frames before: a run gives the same results every time,
+    after a worker was restarted or a run resumed too."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FRAME_GROUP
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {
+        "images": ("u1", (None, None, None, 3)), "frame_indices": ("<i8", (None,)), "source_times": ("<f8", (None,)),
+    }
+    scale: float = 1.0  # source pixels per frame pixel, as Frame's
+    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))  # (n, h, w, 3) BGR
+    frame_indices: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    source_times: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
+
+    def meta(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + len(self.images) - 1
+
+    def frames(self) -> list[Frame]:
+        """The group's frames as Frame messages (views of its images, no copies); the capture
+        time moves with the source time, as ingest stamps a file's frames."""
+        return [Frame(stream=self.stream, seq=self.seq + j, source_time=float(self.source_times[j]),
+                      capture_time=self.capture_time + float(self.source_times[j]) - self.source_time,
+                      frame_index=int(self.frame_indices[j]), scale=self.scale, image=self.images[j])
+                for j in range(len(self.images))]
 
 
 @dataclass
@@ -194,7 +230,7 @@ class Status(Message):
 
 
 MESSAGE_TYPES: dict[MessageType, type[Message]] = {
-    cls.TYPE: cls for cls in (Start, Frame, Faces, Classified, Tracked, End, Status, Ack)
+    cls.TYPE: cls for cls in (Start, Frame, FrameGroup, Faces, Classified, Tracked, End, Status, Ack)
 }
 
 
@@ -204,12 +240,18 @@ def encode(message: Message) -> list[bytes]:
                           message.source_time, message.capture_time) + stream
     frames = [header, json.dumps(message.meta(), separators=(",", ":")).encode()]
     for name, (dtype, _shape) in message.ARRAYS.items():
-        array = np.ascontiguousarray(getattr(message, name), dtype=dtype)
-        frames.append(struct.pack("!B", array.ndim) + struct.pack(f"!{array.ndim}I", *array.shape) + array.tobytes())
+        array = np.asarray(getattr(message, name), dtype=dtype)
+        shape = struct.pack("!B", array.ndim) + struct.pack(f"!{array.ndim}I", *array.shape)
+        # One copy of the payload (a frame is megabytes): into a buffer that already holds the shape.
+        payload = bytearray(len(shape) + array.nbytes)
+        payload[:len(shape)] = shape
+        np.frombuffer(payload, np.uint8, offset=len(shape)).reshape(array.shape + (array.itemsize,))[...] = \
+            array.reshape(array.shape + (1,)).view(np.uint8)
+        frames.append(payload)
     return frames
 
 
-def _decode_array(raw: bytes, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+def _decode_array(raw: bytes | memoryview, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
     if len(raw) < 1:
         raise MessageError(f"array {name}: empty payload")
     ndim = raw[0]
@@ -228,10 +270,12 @@ def _decode_array(raw: bytes, name: str, dtype: str, shape: tuple[int | None, ..
     return np.frombuffer(raw, dtype=dtype, offset=dims_end).reshape(dims)
 
 
-def decode(frames: list[bytes]) -> Message:
+def decode(frames: list[bytes] | list[memoryview]) -> Message:
+    """A message from its wire frames: bytes, or memoryviews of received ZeroMQ frames (the
+    arrays then view the received buffers: a frame's picture is not copied again)."""
     if len(frames) < 2:
         raise MessageError(f"{len(frames)} frame(s), expected at least 2")
-    header = frames[0]
+    header = bytes(frames[0])
     if len(header) < _HEADER.size or header[:2] != MAGIC:
         raise MessageError("bad header (not an Emojimation message)")
     _magic, version, type_code, seq, source_time, capture_time = _HEADER.unpack_from(header)
@@ -240,7 +284,7 @@ def decode(frames: list[bytes]) -> Message:
     try:
         cls = MESSAGE_TYPES[MessageType(type_code)]
         stream = header[_HEADER.size:].decode()
-        meta = json.loads(frames[1])
+        meta = json.loads(bytes(frames[1]))
     except (ValueError, KeyError, UnicodeDecodeError, RecursionError) as error:
         raise MessageError(f"bad header or metadata ({error})") from None
     if not isinstance(meta, dict):
@@ -249,7 +293,9 @@ def decode(frames: list[bytes]) -> Message:
         raise MessageError(f"{cls.__name__}: {len(frames)} frames, expected {2 + len(cls.ARRAYS)}")
     arrays = {name: _decode_array(raw, name, dtype, shape)
               for (name, (dtype, shape)), raw in zip(cls.ARRAYS.items(), frames[2:])}
-    counts = {len(a) for name, a in arrays.items() if name != "image"}
+    # Every per-face array has one row per face; a Classified may leave its crops out (empty).
+    counts = {len(a) for name, a in arrays.items()
+              if name != "image" and not (name == "crops" and cls is not Faces and len(a) == 0)}
     if len(counts) > 1:
         raise MessageError(f"{cls.__name__}: arrays disagree on the number of faces")
     expected = _META_TYPES[cls]
@@ -284,8 +330,13 @@ def out_of_range(message: Message) -> str:
         if isinstance(message, Classified) and len(message.probs) and \
                 ((message.probs < 0).any() or (message.probs > 1).any()):
             return "probabilities outside 0..1"
-    if isinstance(message, Frame) and not (math.isfinite(message.scale) and message.scale > 0):
+    if isinstance(message, (Frame, FrameGroup)) and not (math.isfinite(message.scale) and message.scale > 0):
         return f"frame scale {message.scale} is not a positive number"
+    if isinstance(message, FrameGroup):
+        if len(message.images) == 0:
+            return "a frame group without frames"
+        if (message.frame_indices < 0).any():
+            return "a negative frame index"
     if isinstance(message, Start) and not (math.isfinite(message.source_fps) and message.source_fps >= 0):
         return f"source fps {message.source_fps} is not a non-negative number"
     return ""

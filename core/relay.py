@@ -21,7 +21,7 @@ from core.runtime import StageIO, running
 
 logger = logging.getLogger(__name__)
 
-_FRAME_TYPES = {MessageType.FRAME, MessageType.FACES, MessageType.CLASSIFIED, MessageType.TRACKED}
+_FRAME_TYPES = {MessageType.FRAME, MessageType.FRAME_GROUP, MessageType.FACES, MessageType.CLASSIFIED, MessageType.TRACKED}
 
 
 def run(config: RelayConfig, stop: threading.Event | None = None) -> int:

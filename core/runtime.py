@@ -1,7 +1,8 @@
 """What every stage process shares: logging, stop signals, sockets, counters, status reports.
 
 Links (`StageIO.from_config`, the StageLinks settings): a stage's input PULL socket connects to
-`connect` and/or binds `listen`; its output PUSH socket binds `bind` and/or connects to `push`.
+`connect` and/or binds `listen`; its output PUSH socket binds `bind` and/or connects to `push`;
+each queues at most `queue_messages` messages per link and side (64; the monitor's are small).
 With `curve_dir`, every tcp:// endpoint is CurveZMQ-encrypted and authenticated
 (core.security). With `metrics_port`, the stage serves Prometheus metrics
 (core.metrics; stages update them through `io.metrics`).
@@ -23,14 +24,16 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from core.messages import Ack, Faces, Frame, Message, MessageError, Status, StatusEvent, decode, encode
+from core.messages import Ack, Faces, Frame, FrameGroup, Message, MessageError, Status, StatusEvent, decode, encode
 from core.metrics import Counters, StageMetrics
 from core.security import LinkSecurity
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(name)-24s %(levelname)-7s %(message)s"
-HIGH_WATER_MARK = 64  # messages queued per socket before a sender blocks (files) or drops (cameras)
+# Messages queued per socket before a sender blocks (files) or drops (cameras): StageIO's default;
+# a stage's config sets its own (StageLinks.queue_messages; the monitor's is small: MonitorConfig).
+HIGH_WATER_MARK = 64
 # A stage's loop reports it is alive this often; the supervisor restarts a stage silent for
 # much longer (MonitorConfig.heartbeat_timeout_s), so a hung process is noticed, not only a dead one.
 HEARTBEAT_EVERY_S = 2.0
@@ -135,6 +138,13 @@ def receive_waiting(sock: zmq.Socket, timeout_ms: int, malformed: Callable[[Mess
             malformed(error)
 
 
+def frames_carried(message: Message) -> int:
+    """How many video frames a message stands for (the frames_in/out counters)."""
+    if isinstance(message, FrameGroup):
+        return len(message.images)
+    return 1 if isinstance(message, (Frame, Faces)) else 0
+
+
 class StageIO:
     """A stage's sockets: PULL input (connects to `connect`, binds `listen`), PUSH output (binds
     `bind`, connects to `push`), PUSH status; Curve on tcp:// with `curve_dir`; metrics."""
@@ -142,7 +152,7 @@ class StageIO:
     def __init__(self, stage: str, connect: list[str], bind: str, status: str, *, listen: str = "",
                  push: list[str] | tuple[str, ...] = (), curve_dir: str = "", metrics_port: int = 0,
                  metrics_host: str = "127.0.0.1", insecure: bool = False, acks: str = "",
-                 acks_role: str = "", restarts: int = 0) -> None:
+                 acks_role: str = "", restarts: int = 0, queue_messages: int = HIGH_WATER_MARK) -> None:
         self.stage = stage
         self.context = zmq.Context()
         self.counters = Counters(restarts=restarts)
@@ -158,7 +168,11 @@ class StageIO:
                                          insecure=insecure)
             if connect or listen:
                 self.input = self.context.socket(zmq.PULL)
-                self.input.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+                # Both ends of a link queue (the sender's SNDHWM and this RCVHWM), and so do the
+                # kernel's socket buffers (for ipc:// not settable through ZeroMQ: about 200 KB, a
+                # fraction of a frame but dozens of small Faces). So live stages also drop by age
+                # (the detector's and the classifier's max_age_s), which no buffer escapes.
+                self.input.setsockopt(zmq.RCVHWM, queue_messages)
                 self.input.setsockopt(zmq.LINGER, 0)
                 if listen:
                     self.security.bind(self.input, listen)
@@ -166,7 +180,7 @@ class StageIO:
                     self.security.connect(self.input, address)
             if bind or push:
                 self.output = self.context.socket(zmq.PUSH)
-                self.output.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+                self.output.setsockopt(zmq.SNDHWM, queue_messages)
                 self.output.setsockopt(zmq.LINGER, 2000)
                 self.output.setsockopt(zmq.SNDTIMEO, 200)
                 if bind:
@@ -201,12 +215,12 @@ class StageIO:
         return cls(stage, links.connect if inputs else [], links.bind if outputs else "", links.status,
                    listen=links.listen if inputs else "", push=links.push if outputs else [],
                    curve_dir=links.curve_dir, metrics_port=links.metrics_port, metrics_host=links.metrics_host,
-                   insecure=links.insecure, acks=links.acks, acks_role=acks_role, restarts=links.restarts)
+                   insecure=links.insecure, acks=links.acks, acks_role=acks_role, restarts=links.restarts,
+                   queue_messages=links.queue_messages)
 
     def _count_sent(self, message: Message) -> None:
         self.counters.sent += 1
-        if isinstance(message, (Frame, Faces)):
-            self.counters.frames_out += 1
+        self.counters.frames_out += frames_carried(message)
 
     def beat(self) -> None:
         """Report that this stage's loop is alive, at most every HEARTBEAT_EVERY_S. Called from
@@ -222,17 +236,16 @@ class StageIO:
         self.beat()
         if self.input is None or not self.input.poll(timeout_ms):
             return None
-        frames = self.input.recv_multipart(copy=True)
+        frames = self.input.recv_multipart(copy=False)  # arrays view the received buffers (no copy)
         self.counters.received += 1
         try:
-            message = decode(frames)
+            message = decode([frame.buffer for frame in frames])
         except MessageError as error:
             self.counters.malformed += 1
             self.counters.drop(error.reason)
             logger.warning("%s: dropped a malformed message: %s", self.stage, error)
             return None
-        if isinstance(message, (Frame, Faces)):
-            self.counters.frames_in += 1
+        self.counters.frames_in += frames_carried(message)
         return message
 
     def receive_raw(self, timeout_ms: int = 200) -> list[zmq.Frame] | None:
@@ -244,8 +257,9 @@ class StageIO:
         self.counters.received += 1
         return frames
 
-    def send_raw(self, frames: list[Any], carries_frame: bool, stop: threading.Event | None = None) -> bool:
-        """Forward frames as they came, blocking while downstream is full; False if stopped meanwhile."""
+    def send_raw(self, frames: list[Any], carries_frame: bool | int, stop: threading.Event | None = None) -> bool:
+        """Forward frames as they came, blocking while downstream is full; False if stopped meanwhile.
+        `carries_frame`: whether (or how many) video frames the message carries, for the counters."""
         assert self.output is not None, f"{self.stage} has no output socket"
         while True:
             self.beat()  # blocked by a full downstream is alive, not hung
@@ -256,8 +270,7 @@ class StageIO:
                 if stop is not None and stop.is_set():
                     return False
         self.counters.sent += 1
-        if carries_frame:
-            self.counters.frames_out += 1
+        self.counters.frames_out += int(carries_frame)
         return True
 
     def send(self, message: Message, stop: threading.Event | None = None) -> bool:

@@ -1,15 +1,22 @@
-"""Detection on a schedule: the full detector every K-th frame, boxes carried in between.
+"""Detection on a schedule: the full detector every K-th frame, boxes tracked in between.
 
 A full detection (BlazeFace's letterboxed pass plus tiles on wide frames: about three model
-calls) is the detector stage's whole cost. Between two of them a face moves little, so each
-box is carried forward by its own velocity (measured between the last two detections that
-saw it) and the frame still gets its own crops, cut where the face now is. A full detection
-runs anyway when:
+calls on a resized copy of the whole frame) is the detector stage's whole cost. Between two of
+them a face moves little, so each box is carried forward by its own velocity and then refined
+by a local search: the same detector runs once on a square window around the predicted box
+(twice its size, resized to the model's input: one small call per face), and the box it finds
+there replaces the prediction. The frame still gets its own crops, cut where the face now is,
+from boxes as exact as a full detection's (carried boxes without the local search cost 0.5-1
+point of per-segment agreement, docs/benchmarks.md section 10). A full detection runs anyway when:
   - K frames of the stream have passed since the last one (`every`);
   - the picture changed outside the carried boxes (something appeared where no track is, or
     a scene cut): a 64-pixel-wide grey thumbnail is compared with the last detection's;
   - the stream is new to this worker, or jumped (frames of one stream spread over several
-    workers: each worker schedules the frames it sees, by frame index).
+    workers: each worker schedules the frames it sees, by frame index);
+  - the local search lost a face (it left, turned away or was covered): a track is lost;
+  - the last frame had no face to follow: frames without faces are detected every time (with
+    carried boxes alone, a face that one detection misses stayed unfound until the next
+    scheduled one: 4 of 244 composed-clip segments were never found at K=5).
 With `every` = 1 every frame is detected, as before. This is the scheme of NVIDIA DeepStream's
 `interval` (detector every N frames, tracker between) and Frigate's motion gate.
 """
@@ -31,6 +38,11 @@ PIXEL_CHANGE = 25
 # ... and a full detection is called when more than this fraction of the pixels outside the
 # carried boxes changed: a 100 px face entering a 1280x720 frame is about 1 %, a scene cut most.
 CHANGE_THRESHOLD = 0.005
+# The local search's window: this many times the predicted box's longer side, centred on it
+# (room for a face that moved or grew a little, still large in the detector's input) ...
+SEARCH_SCALE = 2.0
+# ... and the box found there must overlap the prediction this much to be the same face.
+SAME_FACE_IOU = 0.3
 
 
 @dataclass
@@ -60,14 +72,46 @@ class ScheduledDetector:
         if self.every == 1 or state is None or self._due(state, frame_index, thumb, image.shape):
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
-        boxes = _clip(state.boxes + state.velocity * steps, image.shape)
-        state.boxes, state.frame_index = boxes, frame_index
-        return boxes.copy(), state.scores.copy(), False
+        predicted = _clip(state.boxes + state.velocity * steps, image.shape)
+        found = [self._search(image, box) for box in predicted]
+        if any(box is None for box, _ in found):  # a track is lost: look at the whole frame
+            return (*self._full(stream, state, frame_index, image, thumb), True)
+        boxes = np.asarray([box for box, _ in found], np.float32).reshape(-1, 4)
+        scores = np.asarray([score for _, score in found], np.float32)
+        state.velocity = 0.5 * state.velocity + 0.5 * (boxes - state.boxes) / steps
+        state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
+        return boxes.copy(), scores.copy(), False
+
+    def _search(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """The detector on a square window around `box`: the face's box there (frame pixels) and
+        score, or (None, 0) if no box there overlaps `box` enough."""
+        side = SEARCH_SCALE * float(max(box[2], box[3]))
+        x0, y0 = int(round(box[0] + box[2] / 2 - side / 2)), int(round(box[1] + box[3] / 2 - side / 2))
+        size = max(1, int(round(side)))
+        height, width = image.shape[:2]
+        left, top, right, bottom = max(0, x0), max(0, y0), min(width, x0 + size), min(height, y0 + size)
+        if right - left < 8 or bottom - top < 8:
+            return None, 0.0
+        window = image[top:bottom, left:right]  # a view: the detector resizes it to its input
+        if (left, top, right, bottom) != (x0, y0, x0 + size, y0 + size):  # at the frame's edge: keep it square
+            window = cv2.copyMakeBorder(window, top - y0, y0 + size - bottom, left - x0, x0 + size - right,
+                                        cv2.BORDER_CONSTANT, value=0)
+        boxes, scores = self.detector.detect(window)
+        if not len(boxes):
+            return None, 0.0
+        boxes = boxes + np.asarray([x0, y0, 0, 0], np.float32)
+        overlap = iou_matrix(box[None], boxes)[0]
+        best = int(overlap.argmax())
+        if overlap[best] < SAME_FACE_IOU:
+            return None, 0.0
+        return boxes[best], float(scores[best])
 
     def _due(self, state: StreamState, frame_index: int, thumb: np.ndarray, shape: tuple[int, ...]) -> bool:
         steps = frame_index - state.frame_index
         if steps <= 0 or frame_index - state.detected_at >= self.every:
             return True  # a new or repeated stream position, or the schedule
+        if not len(state.boxes):
+            return True  # nothing to follow: a face too faint for one detection may be found in the next
         return _change_outside(state.thumb, thumb, state.boxes, shape) > CHANGE_THRESHOLD
 
     def _full(self, stream: str, state: StreamState | None, frame_index: int, image: np.ndarray,
@@ -93,8 +137,8 @@ class ScheduledDetector:
 def _thumbnail(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.int16)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # shrink first: grey of 64 px, not of the frame
+    return (cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small).astype(np.int16)
 
 
 def _change_outside(before: np.ndarray, after: np.ndarray, boxes: np.ndarray, shape: tuple[int, ...]) -> float:

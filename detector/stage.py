@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from core.config import DetectorConfig
-from core.messages import End, Faces, Frame, Message, header
+from core.messages import End, Faces, Frame, FrameGroup, Message, header
 from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, CropGeometry, face_input
 from core.runtime import StageIO, running
 from detector.backends import make_detector
@@ -19,26 +19,47 @@ from detector.schedule import ScheduledDetector
 logger = logging.getLogger(__name__)
 
 
-def detect_faces(detector: ScheduledDetector, frame: Frame, geometry: CropGeometry) -> Faces:
-    """Boxes in source pixels and crops from the frame, through the shared preprocessing."""
-    boxes, scores, _full = detector.detect(frame.stream, frame.frame_index, frame.image)
+def detect_faces(detector: ScheduledDetector, frame: Frame, geometry: CropGeometry, schedule_key: str = "",
+                 schedule_index: int | None = None) -> Faces:
+    """Boxes in source pixels and crops from the frame, through the shared preprocessing.
+    `schedule_key`/`schedule_index`: whose detection schedule the frame follows and where
+    (default: its stream's, at its frame index)."""
+    boxes, scores, _full = detector.detect(schedule_key or frame.stream,
+                                           frame.frame_index if schedule_index is None else schedule_index, frame.image)
     crops = np.stack([face_input(frame.image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
         if len(boxes) else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
     return Faces(**header(frame), frame_index=frame.frame_index, boxes=(boxes * frame.scale).astype(np.float32),
                  scores=scores, crops=crops)
 
 
-def handle(message: Message, detector: ScheduledDetector, geometry: CropGeometry, io: StageIO) -> Message:
+def handle(message: Message, detector: ScheduledDetector, geometry: CropGeometry, io: StageIO) -> list[Message]:
+    """The messages that answer one input: Faces per frame (several for a FrameGroup)."""
     if isinstance(message, End):
         detector.forget(message.stream)
+    if isinstance(message, FrameGroup):
+        # The group is the schedule's unit: a full detection on its first frame, whatever this
+        # worker saw before (so the boxes do not depend on which worker got which group).
+        group = f"{message.stream}#group"
+        detector.forget(group)
+        try:
+            # Positions in the group, not frame indices, are the schedule's clock: sampled frames
+            # (--fps) are several source frames apart, yet one step each.
+            return [_detect_one(detector, frame, geometry, io, group, j) for j, frame in enumerate(message.frames())]
+        finally:
+            detector.forget(group)
     if not isinstance(message, Frame):
-        return message  # stream control (Start, End) passes through
+        return [message]  # stream control (Start, End) passes through
+    return [_detect_one(detector, message, geometry, io, message.stream, message.frame_index)]
+
+
+def _detect_one(detector: ScheduledDetector, frame: Frame, geometry: CropGeometry, io: StageIO,
+                schedule_key: str, schedule_index: int) -> Faces:
     try:
-        return detect_faces(detector, message, geometry)
+        return detect_faces(detector, frame, geometry, schedule_key, schedule_index)
     except (cv2.error, ValueError) as error:
         io.counters.errors += 1
-        logger.warning("%s frame %d: detection failed (%s)", message.stream, message.frame_index, error)
-        return Faces(**header(message), frame_index=message.frame_index, error=str(error))
+        logger.warning("%s frame %d: detection failed (%s)", frame.stream, frame.frame_index, error)
+        return Faces(**header(frame), frame_index=frame.frame_index, error=str(error))
 
 
 def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
@@ -57,6 +78,6 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
             if config.max_age_s and isinstance(message, Frame) and time.time() - message.capture_time > config.max_age_s:
                 io.counters.drop("stale")  # live: the newest frame wins; the aggregator counts the gap
                 continue
-            if not io.send(handle(message, detector, geometry, io), stop):
+            if not all(io.send(answer, stop) for answer in handle(message, detector, geometry, io)):
                 break
     return 0

@@ -174,13 +174,13 @@ def file_topology(config: AnalyseConfig, paths: list[str], run: str = "", resume
     return Topology(
         ingests={INGEST: IngestConfig(inputs=paths, fps=config.fps, every_frame=config.every_frame,
                                       max_side=config.max_side, stream_prefix="in", run=run,
-                                      resume_command=resume_command)},
+                                      resume_command=resume_command, group_frames=max(1, config.detect_every))},
         acknowledged=True,
         detector=DetectorConfig(detector=config.detector, detect_every=config.detect_every),
         detectors=config.detector_workers,
-        classifier=ClassifierConfig(model=config.model), classifiers=config.workers,
+        classifier=ClassifierConfig(model=config.model, forward_crops=config.thumbnails), classifiers=config.workers,
         aggregator=AggregatorConfig(store=config.store or default_store_url(), thumbnails=config.thumbnails,
-                                    model_name=model_name(config.model)),
+                                    min_track_frames=config.min_track_frames, model_name=model_name(config.model)),
     )
 
 

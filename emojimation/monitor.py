@@ -120,7 +120,11 @@ class CameraStats:
     name: str
     status: str = "connecting"
     frames_analysed: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = 0  # the aggregator's count: sequence gaps, wherever the frames were dropped
+    # Dropped by the camera's ingest because the pipeline was full (or a newer frame came first), as
+    # its process counted them: the front's share. It may exceed frames_dropped by the last few
+    # frames: the aggregator never learns of drops after the last frame it got before stopping.
+    frames_dropped_at_ingest: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
 
@@ -155,8 +159,12 @@ class Monitor:
                 backoff_max_s=settings.backoff_max_s, max_side=settings.max_side, stream_prefix=f"cam{i}",
                 preview_bind=self.preview_addresses[i] if self.preview_addresses else "",
                 push=[] if local else [settings.push])
+        # Every link small (queue_messages), and no stage works on a frame older than max_age_s:
+        # past capacity, frames are dropped at the cameras' ingests (counted as gaps per camera
+        # by the aggregator) instead of queueing between the stages.
         shared = SharedLinks(curve_dir=settings.curve_dir, metrics_port=settings.metrics_port,
-                             metrics_host=settings.metrics_host, log_format=settings.log_format)
+                             metrics_host=settings.metrics_host, log_format=settings.log_format,
+                             queue_messages=settings.queue_messages)
         if not local:
             return Topology(ingests=ingests, shared=shared)
         return Topology(
@@ -164,11 +172,24 @@ class Monitor:
             detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s,
                                     detect_every=settings.detect_every),
             detectors=settings.detector_workers,
-            classifier=ClassifierConfig(model=settings.model), classifiers=settings.workers,
+            classifier=ClassifierConfig(model=settings.model, max_age_s=settings.max_age_s),
+            classifiers=settings.workers,
             aggregator=AggregatorConfig(
                 store=settings.store or default_store_url(), model_name=model_name(settings.model),
                 alert_rules=json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
-                retention_days=settings.retention_days, results_bind=self.results_address))
+                retention_days=settings.retention_days, min_track_frames=settings.min_track_frames,
+                results_bind=self.results_address,
+                reorder_window_s=self.reorder_window_s()))
+
+    def reorder_window_s(self) -> float:
+        """How long the aggregator waits for a camera frame missing from the sequence. With one
+        detector and one classifier every link is first in, first out, so a missing frame was
+        dropped and waiting for it only adds latency: under overload, when every other frame is
+        dropped, most frames would wait the whole window. Workers racing in parallel can reorder
+        frames, so then the aggregator's own window applies."""
+        if self.config.detector_workers == 1 and self.config.workers == 1:
+            return 0.0
+        return AggregatorConfig.reorder_window_s
 
     def start(self) -> None:
         settings = self.config
@@ -233,6 +254,8 @@ class Monitor:
             for key in ("frames_analysed", "frames_dropped", "latency_p50_ms", "latency_p95_ms"):
                 if key in report.detail:
                     setattr(stats, key, report.detail[key])
+        elif report.event == StatusEvent.STOPPED and report.stage == "ingest":  # one per ingest run of the camera
+            stats.frames_dropped_at_ingest += int(report.detail.get("frames_dropped", 0))
 
     def _watch(self) -> None:
         """Kill what hung, restart what died. A stage keeps RESTART_LIMIT restarts per

@@ -26,12 +26,15 @@ from emojimation.supervisor import Child, Supervisor
 @dataclass
 class SharedLinks:
     """Settings every stage of one run gets. With a metrics port, the first stage started serves
-    on it, the next on port + 1, and so on (children never share a port)."""
+    on it, the next on port + 1, and so on (children never share a port). `queue_messages` is
+    every link's ZeroMQ high-water mark (StageLinks): the stages' default for file runs, small
+    for the monitor's live cameras (MonitorConfig.queue_messages says why)."""
 
     curve_dir: str = ""
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"
+    queue_messages: int = StageLinks.queue_messages
 
 
 @dataclass
@@ -80,4 +83,5 @@ def _linked(config: Any, connect: list[str], bind: str, acks: str = "") -> Any:
 def _with_shared(config: Any, shared: SharedLinks, index: int, status: str) -> Any:
     return dataclasses.replace(config, status=status, curve_dir=shared.curve_dir,
                                metrics_port=shared.metrics_port + index if shared.metrics_port else 0,
-                               metrics_host=shared.metrics_host, log_format=shared.log_format)
+                               metrics_host=shared.metrics_host, log_format=shared.log_format,
+                               queue_messages=shared.queue_messages)

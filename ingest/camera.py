@@ -23,8 +23,11 @@ frames are scaled so the longer side is at most max_side.
 
 The newest frame wins. A reader thread keeps only the latest decoded frame; the sender
 offers it downstream without blocking. A frame overwritten before it was taken, or refused
-because the pipeline is full, is dropped. Every frame read gets a sequence number, so the
-aggregator sees drops anywhere in the pipeline as gaps and counts them per camera.
+because the pipeline is full, is dropped (counted: reasons `overwritten` and `pipeline-full`,
+and in total in this ingest's stopped report, which the monitor's summary shows per camera).
+The monitor keeps every link's queue small (MonitorConfig.queue_messages), so an overloaded
+pipeline refuses frames here instead of queueing them. Every frame read gets a sequence
+number, so the aggregator sees drops anywhere in the pipeline as gaps and counts them per camera.
 
 Status changes (`live`, `disconnected`) travel in the stream itself, so the aggregator
 records them as events in order with the camera's rows, whatever the deployment topology.
@@ -322,6 +325,8 @@ class CameraIngest:
                         break
                     continue
                 last_frame_at = time.monotonic()
+                for _ in range(latest.seq - last_seq - 1):  # read, then replaced by a newer one before sent
+                    self.io.counters.drop("overwritten")
                 self.dropped += latest.seq - last_seq - 1
                 last_seq = latest.seq
                 if self.status != "live":
@@ -330,7 +335,8 @@ class CameraIngest:
                                      width=width, height=height)
                 if self._send(session, latest):
                     sent += 1
-                else:
+                else:  # the pipeline is full (every link is small in the monitor): drop here, at the front
+                    self.io.counters.drop("pipeline-full")
                     self.dropped += 1
         finally:
             session.close()

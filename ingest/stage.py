@@ -21,7 +21,7 @@ import numpy as np
 
 from core.config import IngestConfig
 from core.errors import DataError, redact_url
-from core.messages import End, Frame, Message, Start, StatusEvent
+from core.messages import End, Frame, FrameGroup, Message, Start, StatusEvent
 from core.runtime import StageIO, running
 from ingest.media import (
     MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
@@ -64,11 +64,26 @@ def _stream_images(send: Callable[[Message], bool], stream: str, info: MediaInfo
         image, scale = _scaled(image, config.max_side)
         frame = Frame(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
                       frame_index=index, scale=scale, image=image)
+        if config.group_frames:  # a group of one: photos are unrelated, each gets a full detection
+            frame = FrameGroup(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
+                               scale=scale, images=image[None], frame_indices=np.array([index]),
+                               source_times=np.array([float(index)]))
         if not send(frame):
             return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
         sent += 1
         counter.frames = sent
     return End(stream=stream, seq=sent + 1, frames_sent=sent)
+
+
+def _read_into(pipe, buffer: memoryview) -> int:
+    """Fill `buffer` from a pipe; fewer bytes only at its end."""
+    filled = 0
+    while filled < len(buffer):
+        got = pipe.readinto(buffer[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
 
 
 def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo, config: IngestConfig, stop: threading.Event,
@@ -84,22 +99,40 @@ def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo,
     started = time.time()
     sent, index = 0, 0
     scale = info.width / width
+    # ffmpeg's frames are read straight into this buffer (sending copies them into the message).
+    group = max(1, config.group_frames)
+    images = np.empty((group, height, width, 3), np.uint8)
+    indices: list[int] = []
+
+    def send_frames() -> bool:
+        times = [i / info.fps for i in indices]
+        if config.group_frames:
+            message: Message = FrameGroup(
+                stream=stream, seq=sent + 1, source_time=times[0], capture_time=started + times[0], scale=scale,
+                images=images[:len(indices)], frame_indices=np.asarray(indices, np.int64),
+                source_times=np.asarray(times, np.float64))
+        else:
+            message = Frame(stream=stream, seq=sent + 1, source_time=times[0], capture_time=started + times[0],
+                            frame_index=indices[0], scale=scale, image=images[0])
+        return send(message)
+
     try:
         while not stop.is_set():
-            raw = process.stdout.read(frame_bytes)
-            if len(raw) < frame_bytes:
+            if _read_into(process.stdout, memoryview(images[len(indices)]).cast("B")) < frame_bytes:
                 break
             while not is_selected(index, ratio):
                 index += 1
-            image = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
-            source_time = index / info.fps
-            frame = Frame(stream=stream, seq=sent + 1, source_time=source_time, capture_time=started + source_time,
-                          frame_index=index, scale=scale, image=image)
-            if not send(frame):
-                break
-            sent += 1
-            counter.frames = sent
+            indices.append(index)
             index += 1
+            if len(indices) == group:
+                if not send_frames():
+                    break
+                sent += len(indices)
+                counter.frames = sent
+                indices = []
+        if indices and not stop.is_set() and send_frames():  # the last, shorter group
+            sent += len(indices)
+            counter.frames = sent
     finally:
         if stop.is_set():
             process.kill()

@@ -22,8 +22,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from core.messages import Ack, End, Frame, Message, Start, StatusEvent, encode
-from core.runtime import StageIO
+from core.messages import Ack, End, FrameGroup, Message, Start, StatusEvent, encode
+from core.runtime import StageIO, frames_carried
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _Pending:
     frames: list[bytes]
-    carries_frame: bool
+    carries_frames: int  # video frames in the message (a FrameGroup's several), for the counters
+    last_seq: int  # the message is stored once its stream is acknowledged up to here
 
     @property
     def size(self) -> int:
@@ -62,11 +63,12 @@ class Window:
 
     def skipped(self, message: Message) -> bool:
         """A frame or End the store already holds (found by a resumed stream's first ack)."""
-        if isinstance(message, Start) or message.seq > self.stored.get(message.stream, -1):
-            return False
+        last = message.last_seq if isinstance(message, FrameGroup) else message.seq
+        if isinstance(message, Start) or last > self.stored.get(message.stream, -1):
+            return False  # (a group stored in part is sent whole: its frames' boxes depend on each other)
         if isinstance(message, End):
             self._complete(message.stream)
-        elif message.seq % 500 == 0:  # decoding a long stored prefix again is progress too
+        elif last // 500 > (message.seq - 1) // 500:  # every 500th frame: decoding a long stored prefix again is progress too
             self.io.report(StatusEvent.SKIPPING, message.stream, seq=message.seq)
         return True
 
@@ -77,7 +79,8 @@ class Window:
         if self.skipped(message):
             return True
         frames = encode(message)
-        item = _Pending(frames, isinstance(message, Frame))
+        item = _Pending(frames, frames_carried(message),
+                        message.last_seq if isinstance(message, FrameGroup) else message.seq)
         while self.pending and (len(self.pending) >= self.size or self.pending_bytes + item.size > self.max_bytes) \
                 and not self.stop.is_set():
             self.pump(100)
@@ -88,7 +91,7 @@ class Window:
         elif isinstance(message, End):
             self.ends[message.stream] = message.seq
         self._keep(key, item)
-        if not self.io.send_raw(frames, isinstance(message, Frame), self.stop):
+        if not self.io.send_raw(frames, item.carries_frames, self.stop):
             return False
         self.pump(0)
         return True
@@ -112,8 +115,8 @@ class Window:
     def _resend_all(self) -> None:
         for key in sorted(self.pending):  # each stream's Start (seq 0) before its frames
             item = self.pending[key]
-            if self.io.send_raw(item.frames, item.carries_frame, self.stop) and item.carries_frame:
-                self.io.counters.resent += 1
+            if self.io.send_raw(item.frames, item.carries_frames, self.stop):
+                self.io.counters.resent += item.carries_frames
         self.progress_at = time.monotonic()
 
     def _acknowledged(self, ack: Ack) -> None:
@@ -122,7 +125,7 @@ class Window:
                            len(self.starts), len(self.pending))
             for stream, frames in self.starts.items():
                 if (stream, 0) not in self.pending:
-                    self._keep((stream, 0), _Pending(frames, False))
+                    self._keep((stream, 0), _Pending(frames, 0, 0))
             self._resend_all()
             return
         if ack.stream not in self.starts or ack.seq <= self.stored.get(ack.stream, -1):
@@ -130,7 +133,7 @@ class Window:
         self.stored[ack.stream] = ack.seq
         self.progress_at = time.monotonic()
         self.wait_s = self.resend_after_s
-        for key in [key for key in self.pending if key[0] == ack.stream and key[1] <= ack.seq]:
+        for key in [key for key, item in self.pending.items() if key[0] == ack.stream and item.last_seq <= ack.seq]:
             self._forget(key)
         if ack.seq >= self.ends.get(ack.stream, 1 << 62):  # the whole stream is stored
             self._complete(ack.stream)

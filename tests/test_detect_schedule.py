@@ -40,15 +40,33 @@ def test_a_face_entering_between_detections_is_found_at_once(face):
 
 
 def test_without_the_motion_gate_a_face_is_found_within_k_frames(face, monkeypatch):
-    """The schedule alone: frames 0 and K are full detections, so a face entering at frame 1 is
-    boxed by frame K at the latest, and every frame after it too."""
+    """The schedule alone: one face is followed from frame 0; a second enters at frame 1, where
+    the local search does not look. Frame K is the next full detection, so the newcomer is boxed
+    by frame K at the latest, and in every frame after it."""
     monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
     detector = ScheduledDetector(make_detector("blazeface"), every=K)
-    runs = [detector.detect("s", i, frame_with(face if i >= 1 else None)) for i in range(2 * K)]
+
+    def frame(i: int) -> np.ndarray:
+        picture = frame_with(face, x=100, size=150)
+        if i >= 1:
+            paste(picture, face, 430, 100, 150)
+        return picture
+
+    runs = [detector.detect("s", i, frame(i)) for i in range(2 * K)]
     found = [len(boxes) for boxes, _, _ in runs]
     full = [was_full for _, _, was_full in runs]
     assert full[0] and full[K] and not any(full[1:K])
-    assert found[:K] == [0] * K and found[K:] == [1] * K
+    assert found[:K] == [1] * K and found[K:] == [2] * K
+
+
+def test_frames_without_a_face_are_always_detected(face, monkeypatch):
+    """Nothing to follow: every frame gets a full detection, so a face that enters is found in
+    its first frame even without the motion gate."""
+    monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
+    detector = ScheduledDetector(make_detector("blazeface"), every=K)
+    runs = [detector.detect("s", i, frame_with(face if i >= 2 else None)) for i in range(4)]
+    assert [len(boxes) for boxes, _, _ in runs] == [0, 0, 1, 1]
+    assert [full for _, _, full in runs] == [True, True, True, False]
 
 
 def test_carried_boxes_follow_a_moving_face(face):
@@ -90,3 +108,28 @@ def test_pipeline_with_a_schedule_has_a_row_for_every_face_in_every_frame(clips,
     for _track, rows in scheduled.groupby("track_id"):
         frames = rows.frame.sort_values().to_numpy()
         assert (np.diff(frames) == 1).all(), "a track with a hole"
+
+
+def test_a_face_that_leaves_between_detections_loses_its_box_at_once(face, monkeypatch):
+    """The local search finds no face where the track was: the track is lost, a full detection
+    runs on that frame, and no box is carried over an empty picture (motion gate off, so only
+    the local search can notice)."""
+    monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
+    detector = ScheduledDetector(make_detector("blazeface"), every=K)
+    runs = [detector.detect("s", i, frame_with(face if i < 2 else None)) for i in range(4)]
+    assert [len(boxes) for boxes, _, _ in runs] == [1, 1, 0, 0]
+    assert [full for _, _, full in runs] == [True, False, True, True]
+
+
+def test_the_local_search_refines_a_carried_box(face, monkeypatch):
+    """A face that jumps 12 px against its measured velocity (none yet): the motion model alone
+    would leave the box 12 px behind; the box the local search finds is centred on the face."""
+    monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
+    detector = ScheduledDetector(make_detector("blazeface"), every=K)
+    first, _, _ = detector.detect("s", 0, frame_with(face, x=240))
+    boxes, _, full = detector.detect("s", 1, frame_with(face, x=252))
+    assert not full
+    face_centre = 252 + 160 / 2  # frame_with pastes a 160 px face at x
+    carried_error = abs(first[0, 0] + first[0, 2] / 2 - face_centre)
+    refined_error = abs(boxes[0, 0] + boxes[0, 2] / 2 - face_centre)
+    assert refined_error < 4.0 and refined_error < carried_error / 2, (refined_error, carried_error)

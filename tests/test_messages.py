@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from core.messages import (
-    PROTOCOL_VERSION, Classified, End, Faces, Frame, MessageError, Start, Status, decode, encode,
+    PROTOCOL_VERSION, Classified, End, Faces, Frame, FrameGroup, MessageError, Start, Status, decode, encode,
 )
 
 
@@ -215,3 +215,41 @@ def test_detector_process_drops_malformed_messages_counts_them_and_keeps_running
         for sock in (upstream, downstream, status):
             sock.close(linger=0)
         context.term()
+
+
+def test_a_classified_message_may_leave_its_crops_out():
+    """The classifier forwards crops only when the aggregator keeps thumbnails: a Classified
+    with boxes and probabilities but no crops decodes; a Faces without its crops does not."""
+    boxes = np.zeros((2, 4), np.float32)
+    message = Classified(stream="s", seq=1, boxes=boxes, scores=np.ones(2, np.float32),
+                         probs=np.full((2, 7), 1 / 7, np.float32))
+    decoded = decode(encode(message))
+    assert len(decoded.boxes) == 2 and len(decoded.crops) == 0
+    with pytest.raises(MessageError, match="disagree"):
+        decode(encode(Faces(stream="s", seq=1, boxes=boxes, scores=np.ones(2, np.float32))))
+
+
+def test_a_frame_group_round_trips_and_splits_into_its_frames():
+    images = np.random.default_rng(0).integers(0, 255, (3, 20, 30, 3), dtype=np.uint8)
+    group = FrameGroup(stream="in/0", seq=6, source_time=0.5, capture_time=100.5, scale=2.0, images=images,
+                       frame_indices=np.array([5, 8, 11]), source_times=np.array([0.5, 0.8, 1.1]))
+    decoded = decode(encode(group))
+    assert isinstance(decoded, FrameGroup) and decoded.last_seq == 8
+    frames = decoded.frames()
+    assert [f.seq for f in frames] == [6, 7, 8] and [f.frame_index for f in frames] == [5, 8, 11]
+    assert frames[2].capture_time == pytest.approx(101.1) and frames[1].scale == 2.0
+    assert all((f.image == image).all() for f, image in zip(frames, images))
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(images=np.zeros((0, 4, 4, 3), np.uint8), frame_indices=np.zeros(0, np.int64),
+          source_times=np.zeros(0)), "without frames"),
+    (dict(frame_indices=np.array([-1])), "negative frame index"),
+    (dict(source_times=np.array([np.nan])), "not finite"),
+    (dict(frame_indices=np.array([1, 2])), "disagree"),
+])
+def test_a_bad_frame_group_is_refused(change, reason):
+    fields = dict(stream="s", seq=1, images=np.zeros((1, 4, 4, 3), np.uint8), frame_indices=np.array([0]),
+                  source_times=np.array([0.0]))
+    with pytest.raises(MessageError, match=reason):
+        decode(encode(FrameGroup(**{**fields, **change})))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import zmq
 
-from core.messages import Frame, Start, decode
+from core.messages import Frame, FrameGroup, Start, decode
 from core.runtime import StageIO
 from ingest.window import Window
 
@@ -55,6 +55,42 @@ def test_the_window_holds_at_most_its_bytes_until_acknowledged(tmp_path):
     finally:
         stop.set()
         sender.join(5)
+        receiver.close(0)
+        context.term()
+        aggregator.close()
+        io.close()
+
+
+def test_a_frame_group_is_kept_until_its_last_frame_is_stored(tmp_path):
+    out, acks = f"ipc://{tmp_path}/out", f"ipc://{tmp_path}/acks"
+    io = StageIO("ingest", [], out, "", acks=acks, acks_role="bind")
+    stop = threading.Event()
+    window = Window(io, size=100, resend_after_s=600, stop=stop)
+    context = zmq.Context()
+    receiver = context.socket(zmq.PULL)
+    receiver.connect(out)
+    aggregator = StageIO("aggregator", [], "", "", acks=acks, acks_role="connect")
+    try:
+        window.send(Start(stream="s", seq=0))
+        window.send(FrameGroup(stream="s", seq=1, images=np.zeros((3, 8, 8, 3), np.uint8),
+                               frame_indices=np.arange(3), source_times=np.zeros(3)))
+        assert io.counters.frames_out == 3
+        aggregator.ack("s", 2)  # two of its three frames stored: the group stays
+        deadline = time.monotonic() + 5
+        while (("s", 0) in window.pending) and time.monotonic() < deadline:
+            window.pump(50)
+        assert list(window.pending) == [("s", 1)]
+        aggregator.ack("s", 3)
+        while window.pending and time.monotonic() < deadline:
+            window.pump(50)
+        assert not window.pending and window.pending_bytes == 0
+        # On a resumed stream, a group is skipped only when all its frames are stored.
+        assert window.skipped(FrameGroup(stream="s", seq=2, images=np.zeros((2, 8, 8, 3), np.uint8),
+                                         frame_indices=np.arange(2), source_times=np.zeros(2)))
+        assert not window.skipped(FrameGroup(stream="s", seq=3, images=np.zeros((2, 8, 8, 3), np.uint8),
+                                             frame_indices=np.arange(2), source_times=np.zeros(2)))
+    finally:
+        stop.set()
         receiver.close(0)
         context.term()
         aggregator.close()
