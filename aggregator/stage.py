@@ -4,7 +4,8 @@ Each stream is re-ordered by sequence number (reorder.py), so tracks see frames 
 order no matter how many detector and classifier workers raced. Its faces get track IDs and
 smoothed timelines (tracks.py), and its rows are written in small transactions (writer.py):
 the dashboard sees a source grow. A stream's End finalises its tracks and marks the source
-done, or deletes its partial rows if ingest reported an error.
+done, or deletes its partial rows if ingest reported an error. A track seen in fewer than
+`min_track_frames` frames keeps its rows but gets no summary (tracks.py).
 
 File runs deliver at least once: each flush acknowledges the stream's stored frames to ingest
 (`Ack`), which sends again what is not stored in time, so duplicates are dropped by (stream,
@@ -147,7 +148,7 @@ class Aggregator:
         if self.io:
             self.io.counters.resumed += 1
         logger.warning("%s: carrying on after %d stored frames (%d tracks)", start.uri, source.frames_analysed,
-                       len(tracks.timelines))
+                       len(tracks.established()))
 
     def _close_done(self, key: str, source_id: int, frames: int) -> None:
         """A file stream stored completely: acknowledge its End (seq = frames + 1) and report it done."""
@@ -170,7 +171,7 @@ class Aggregator:
         else:
             source.finish(stream.tracks)
             logger.info("%s done: %d frames, %d with faces, %d tracks", stream.start.uri, source.frames_analysed,
-                        source.frames_with_faces, len(stream.tracks.timelines))
+                        source.frames_with_faces, len(stream.tracks.established()))
             self._close_done(key, source.source_id, source.frames_analysed)
 
     def _forget(self, key: str) -> None:

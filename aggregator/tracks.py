@@ -2,6 +2,14 @@
 
 Pure logic: frames in source order go in (the re-ordering comes first), FaceRows (one per face,
 with its track ID and smoothed probabilities) and TrackRows (one summary per track) come out.
+
+Short tracks: a face followed for fewer than `min_track_frames` analysed frames (default 3) is
+usually a false box or a face glimpsed in passing, not someone to follow. Its face rows are
+kept, with the tracker's ID (so a replay gives the same IDs, and a live track that reaches the
+minimum keeps its first rows), but it has no track summary: no row in the tracks table, so none
+in tracks.csv or summary.json, and no panel or card in the dashboard. A live track is short
+until it reaches the minimum, and from then on is summarised like any other. In an image every
+face is its own one-frame track, so the minimum does not apply there.
 """
 
 from __future__ import annotations
@@ -28,15 +36,23 @@ def frame_step_s(start: Start) -> float:
     return step
 
 
+def min_track_frames(config: AggregatorConfig, start: Start) -> int:
+    """The fewest frames a track of this stream needs for a summary: the configured minimum, 1 in
+    an image (each face there is a whole track of one frame)."""
+    return 1 if start.kind == "image" else max(1, int(config.min_track_frames))
+
+
 class StreamTracks:
     """A stream's tracker and per-track timelines. In an image every face is its own track
     (an image set's pictures are unrelated); `next_track_id` lets a camera's IDs continue
-    after its earlier runs, so they stay unique per source."""
+    after its earlier runs, so they stay unique per source. Only tracks of at least
+    `min_frames` frames are summarised (see the module docstring)."""
 
     def __init__(self, config: AggregatorConfig, start: Start, next_track_id: int = 1) -> None:
         self.config = config
         self.frame_step_s = frame_step_s(start)
         self.each_face_own_track = start.kind == "image"
+        self.min_frames = min_track_frames(config, start)
         self.tracker = FaceTracker(config.track_max_gap_s, config.track_min_iou)
         self.tracker.next_id = next_track_id
         self.timelines: dict[int, TrackTimeline] = {}
@@ -92,14 +108,19 @@ class StreamTracks:
             mismatched += sum(row.track_id != int(stored) for row, stored in zip(replayed, rows["track_id"]))
         return mismatched
 
+    def established(self) -> list[TrackTimeline]:
+        """The tracks long enough to be summarised (at least `min_frames` frames so far)."""
+        return [timeline for timeline in self.timelines.values() if timeline.frames >= self.min_frames]
+
     def track_rows(self) -> list[TrackRow]:
-        """Every track's summary so far (segments are recomputed from the whole track)."""
+        """The summary so far of every track that is not short (segments are recomputed from the
+        whole track); a short track has none until it reaches the minimum."""
         return [TrackRow(
             track_id=timeline.track_id, start_s=timeline.times[0], end_s=timeline.times[-1],
             frames=timeline.frames, mean_probs=timeline.mean_probs().tolist(),
             segments=timeline.segments(self.config.min_segment_s, self.frame_step_s),
             thumbnail=self._thumbnail(timeline),
-        ) for timeline in self.timelines.values()]
+        ) for timeline in self.established()]
 
     def _thumbnail(self, timeline: TrackTimeline) -> bytes | None:
         """The track's best-scored 48x48 crop as PNG, only when thumbnails were asked for."""

@@ -4,7 +4,9 @@ end; camera status changes, alert events and retention.
 Rows are written in small transactions so the dashboard sees a source grow: a live source's
 rows at once (latency is the point), a file's at most every FLUSH_EVERY_S. Track summaries are
 written only after the rows they summarise (`SourceWriter.flush(tracks)`), so a reader never
-sees a track whose rows are missing.
+sees a track whose rows are missing; a short track (tracks.py) has rows but no summary. The
+source row's options record the stream's `min_track_frames`, so the dashboard applies the same
+minimum to rows whose summary is not written yet.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.alerts import Firing
-from aggregator.tracks import StreamTracks
+from aggregator.tracks import StreamTracks, min_track_frames
 from core.config import AggregatorConfig
 from core.messages import Classified, Start, Status, StatusEvent
 from core.runtime import StageIO
@@ -84,8 +86,9 @@ class SourceWriter:
             progress["frames_dropped"] = self.frames_dropped
         return progress
 
-    def flush(self, tracks: StreamTracks | None = None) -> None:
-        """Store the rows so far with the counters; given `tracks`, then their summaries too.
+    def flush(self, tracks: StreamTracks | None = None, complete: bool = False) -> None:
+        """Store the rows so far with the counters; given `tracks`, then their summaries too
+        (`complete`: they are all of the source's, see Store.write_tracks).
         A file's frames are then acknowledged to ingest, which may forget them."""
         self.store.add_faces(self.source_id, self.rows, self.progress(),
                              after_frames=None if self.live else self.flushed_frames)
@@ -102,7 +105,7 @@ class SourceWriter:
             if not self.live:
                 self.io.ack(self.start.stream, self.frames_analysed)
         if tracks is not None:
-            self.store.write_tracks(self.source_id, tracks.track_rows())
+            self.store.write_tracks(self.source_id, tracks.track_rows(), complete=complete)
 
     def flush_batch(self, tracks: StreamTracks, now: float) -> None:
         """A batch is due: store frames analysed since the last flush, and the track summaries
@@ -116,7 +119,7 @@ class SourceWriter:
 
     def finish(self, tracks: StreamTracks) -> None:
         """A file's End: everything stored, then the source marked done (replacing earlier results)."""
-        self.flush(tracks)
+        self.flush(tracks, complete=True)
         self.store.finish_source(self.source_id, **self.progress())
 
     def interrupt(self) -> None:
@@ -148,10 +151,10 @@ class SourceWriter:
             self.store.set_camera_status(self.source_id, "disconnected", message)
 
     def next_track_id(self) -> int:
-        """The first track ID the source has not used: a camera's tracks continue after its
-        earlier runs', so IDs stay unique per source."""
-        tracks = self.store.tracks(self.source_id)
-        return int(tracks["track_id"].max()) + 1 if len(tracks) else 1
+        """The first track ID the source has not used (by a summary or, for a short track, by
+        face rows only): a camera's tracks continue after its earlier runs', so IDs stay unique
+        per source."""
+        return self.store.last_track_id(self.source_id) + 1
 
     def latency_stats(self) -> dict[str, float]:
         """Capture-to-stored latency percentiles of the camera's recent rows (empty before any)."""
@@ -175,22 +178,26 @@ class Writer:
 
     def open(self, start: Start) -> SourceWriter:
         """A new source row for a file, or the one its run made before (a restarted aggregator,
-        `--resume`: it carries on); for a camera its existing one (status `connecting`)."""
+        `--resume`: it carries on); for a camera its existing one (status `connecting`). The
+        stored options are the Start's plus the stream's `min_track_frames`."""
+        options = {**start.options, "min_track_frames": min_track_frames(self.config, start)}
         if start.kind != "camera":
             run = str(start.options.get("run") or "")
             row = self.store.run_source(start.uri, run) if run else None
             if row is not None and row["status"] in ("analysing", "interrupted", "done"):
                 if row["status"] == "interrupted":
                     self.store.update_source(int(row["id"]), status="analysing")
+                if row["status"] != "done":  # carried on: this run's minimum now applies
+                    self.store.update_source(int(row["id"]), options=options)
                 return SourceWriter(self.store, start, int(row["id"]), self.io, row)
             source_id = self.store.create_source(
                 start.kind, start.uri, start.name or start.uri, "analysing",
                 source_fps=start.source_fps, width=start.width, height=start.height,
-                expected_frames=start.expected_frames, model=self.config.model_name, options=start.options,
+                expected_frames=start.expected_frames, model=self.config.model_name, options=options,
             )
             return SourceWriter(self.store, start, source_id, self.io)
         source_id = self.store.open_camera(start.uri, start.name or start.uri, source_fps=start.source_fps,
-                                           model=self.config.model_name, options=start.options)
+                                           model=self.config.model_name, options=options)
         return SourceWriter(self.store, start, source_id, self.io, self.store.source(source_id))
 
     def tick(self, sources: Iterable[tuple[SourceWriter, StreamTracks]], now: float) -> None:

@@ -101,7 +101,7 @@ def measure(command: list[str], cwd: Path) -> dict:
             rss, seen = tree_sample(process.pid)
             peak[0] = max(peak[0], rss)
             cpu.update(seen)
-            for pid in seen.keys() - names.keys():
+            for pid in seen:  # read each time: a child just forked still shows its parent's command
                 names[pid] = process_name(pid)
             time.sleep(0.05)
 
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--videos", nargs="+", choices=["megamind", "wolfgang", "720p"],
                         default=["megamind", "wolfgang", "720p"], help="which files to run (default all three)")
     parser.add_argument("--ours-only", action="store_true", help="skip fer (e.g. to profile our processes)")
+    parser.add_argument("--no-fer-lean", action="store_true", help="run fer with its defaults only")
     parser.add_argument("--extra", nargs="*", default=[], help="more `analyse` arguments for our cases")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))
@@ -153,6 +154,7 @@ def main() -> None:
     if not args.ours_only:
         cases["fer Video.analyze (defaults)"] = lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"),
                                                               str(path)]
+    if not args.ours_only and not args.no_fer_lean:
         cases["fer Video.analyze (lean)"] = lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"),
                                                           str(path), "--lean"]
     runs: dict[tuple[str, str], list[dict]] = {}

@@ -42,6 +42,8 @@ HELP = {
     "metrics_port": "serve Prometheus metrics on this port at /metrics (default 0: off)",
     "metrics_host": "address the metrics server binds (default 127.0.0.1)",
     "log_format": "text | json (one JSON object per line)",
+    "min_track_frames": "fewest analysed frames a face must be followed for to get a track of its own "
+                        "(default 3; 1 = every face)",
     "live_view": "keep each camera's newest annotated frame in the store for the dashboard (off by default: "
                  "it stores images of faces)",
 }

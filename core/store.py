@@ -456,8 +456,10 @@ class Store:
                 db.execute(f"UPDATE sources SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                            (*fields.values(), source_id))
 
-    def write_tracks(self, source_id: int, tracks: Sequence[TrackRow]) -> None:
-        """Insert or replace track summaries and their segments."""
+    def write_tracks(self, source_id: int, tracks: Sequence[TrackRow], complete: bool = False) -> None:
+        """Insert or replace track summaries and their segments. `complete`: these are all the
+        source's tracks, any other summary it holds is deleted (a finished file resumed with a
+        higher `min_track_frames` must not keep a summary of a track that is now short)."""
         columns = ["source_id", "track_id", "start_s", "end_s", "frames", "dominant_emotion", *MEAN_COLUMNS,
                    "segments", "thumbnail"]
         upsert = (f"INSERT INTO tracks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
@@ -475,6 +477,12 @@ class Store:
                     "INSERT INTO segments (source_id, track_id, emotion, start_s, end_s) VALUES (?, ?, ?, ?, ?)",
                     [(source_id, track.track_id, e, s, t) for e, s, t in track.segments],
                 )
+            if complete:
+                kept = {int(track.track_id) for track in tracks}
+                held = db.execute("SELECT track_id FROM tracks WHERE source_id = ?", (source_id,)).fetchall()
+                for (stale,) in [row for row in held if int(row[0]) not in kept]:  # usually none
+                    for table in ("segments", "tracks"):
+                        db.execute(f"DELETE FROM {table} WHERE source_id = ? AND track_id = ?", (source_id, stale))
 
     def finish_source(self, source_id: int, **fields: Any) -> None:
         """Mark done and drop earlier results for the same file, atomically."""
@@ -599,6 +607,14 @@ class Store:
 
     def tracks(self, source_id: int) -> pd.DataFrame:
         return self._frame("SELECT * FROM tracks WHERE source_id = ? ORDER BY track_id", (source_id,))
+
+    def last_track_id(self, source_id: int) -> int:
+        """The highest track ID the source's face rows or summaries use (0 if none): a short track
+        has rows but no summary, and its ID is taken all the same."""
+        row = self.db.execute("SELECT MAX(t) FROM (SELECT MAX(track_id) AS t FROM faces WHERE source_id = ? "
+                              "UNION ALL SELECT MAX(track_id) AS t FROM tracks WHERE source_id = ?) AS ids",
+                              (source_id, source_id)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
 
     def segments(self, source_id: int, track_id: int | None = None) -> pd.DataFrame:
         if track_id is None:

@@ -14,11 +14,17 @@ refreshed *incrementally*: live sources only append rows, so a refresh asks the 
 after the last cached time and appends them. The cache key is the source row's counters
 (`status`, `updated_at`, `faces`, `frames_analysed`), which the aggregator updates in the same
 transaction as the rows it adds.
+
+Short tracks: the aggregator writes no summary for a track of fewer than `min_track_frames`
+frames (aggregator/tracks.py) and records that minimum in the source's options. The pages apply
+the same rule to the face rows: a track with fewer rows is neither drawn nor listed, so a live
+track appears once it reaches the minimum (sources stored before the minimum existed: 1).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -151,6 +157,16 @@ def source_token(source: Mapping[str, Any]) -> str:
             f"{source['frames_analysed']}|{source['expected_frames']}")
 
 
+def min_track_frames(source: Mapping[str, Any]) -> int:
+    """The fewest rows a track of `source` needs to be shown: the minimum its aggregator recorded
+    in the source's options, 1 for sources stored before there was one."""
+    try:
+        options = json.loads(source.get("options") or "{}")
+        return max(1, int(options.get("min_track_frames", 1))) if isinstance(options, dict) else 1
+    except (TypeError, ValueError):
+        return 1
+
+
 def display_name(source: Mapping[str, Any]) -> str:
     """The file name for files (the store keeps the path as given), the name for cameras."""
     name = str(source.get("name") or source.get("uri") or f"source {source.get('id')}")
@@ -249,7 +265,8 @@ class DashboardData:
 
     def timeline(self, source_id: int, window: tuple[float, float] | None = None, values: str = "smoothed",
                  track_id: int | None = None) -> Timeline | None:
-        """Downsampled per-track series of a source (or of one track), None if the source is gone."""
+        """Downsampled per-track series of a source (or of one track), None if the source is gone.
+        Short tracks (fewer rows than the source's `min_track_frames`) are left out."""
         source = self.source(source_id)
         if source is None:
             return None
@@ -257,9 +274,13 @@ class DashboardData:
         faces = self.faces(source)
         if track_id is not None:
             faces = faces[faces["track_id"] == track_id]
+        sizes = faces.groupby("track_id").size()
+        long_enough = sizes >= min_track_frames(source)
+        if not long_enough.all():
+            sizes = sizes[long_enough]
+            faces = faces[faces["track_id"].isin(sizes.index)]
         if faces.empty:
             return Timeline(source, values, [], 0, None, window)
-        sizes = faces.groupby("track_id").size()
         shown = sorted(sizes.sort_values(ascending=False, kind="stable").index[: self.max_tracks])
         columns = [prefix + emotion for emotion in EMOTIONS]
         series = []
@@ -281,7 +302,8 @@ class DashboardData:
         return int(((times >= window[0]) & (times <= window[1])).sum())
 
     def track_summaries(self, source_id: int) -> list[TrackSummary]:
-        """Per-track summaries: the aggregator's final ones, or provisional ones from the rows so far."""
+        """Per-track summaries: the aggregator's final ones (it writes none for a short track), or
+        provisional ones from the rows so far of the tracks that are not short."""
         with self._store() as store:
             tracks = store.tracks(source_id)
             segments = store.segments(source_id) if not tracks.empty else pd.DataFrame()
@@ -291,8 +313,9 @@ class DashboardData:
         source = self.source(source_id)
         if source is None:
             return []
-        faces = self.faces(source)
-        return [_provisional_summary(int(track), rows) for track, rows in faces.groupby("track_id", sort=True)]
+        faces, minimum = self.faces(source), min_track_frames(source)
+        return [_provisional_summary(int(track), rows) for track, rows in faces.groupby("track_id", sort=True)
+                if len(rows) >= minimum]
 
     def track_summary(self, source_id: int, track_id: int) -> TrackSummary | None:
         return next((t for t in self.track_summaries(source_id) if t.track_id == track_id), None)

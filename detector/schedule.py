@@ -1,24 +1,25 @@
-"""Detection on a schedule: the full detector every K-th frame, boxes tracked in between.
+"""Detection on a schedule: the full detector every K-th frame, faces followed in between.
 
 A full detection (BlazeFace's letterboxed pass plus tiles on wide frames: about three model
 calls on a resized copy of the whole frame) is the detector stage's whole cost. Between two of
 them a face moves little, so each box is carried forward by its own velocity and then refined
 by a local search: the same detector runs once on a square window around the predicted box
-(twice its size, resized to the model's input: one small call per face), and the box it finds
-there replaces the prediction. The frame still gets its own crops, cut where the face now is,
-from boxes as exact as a full detection's (carried boxes without the local search cost 0.5-1
-point of per-segment agreement, docs/benchmarks.md section 10). A full detection runs anyway when:
+(2.5 times its size, resized to the model's input: one small call per face), and the box it
+finds there replaces the prediction. A weak box not found there is dropped (most are false
+boxes); a clear face lost calls a full detection. Every frame still gets its own crops, cut where the face now is.
+A full detection runs anyway when:
   - K frames of the stream have passed since the last one (`every`);
-  - the picture changed outside the carried boxes (something appeared where no track is, or
-    a scene cut): a 64-pixel-wide grey thumbnail is compared with the last detection's;
-  - the stream is new to this worker, or jumped (frames of one stream spread over several
-    workers: each worker schedules the frames it sees, by frame index);
-  - the local search lost a face (it left, turned away or was covered): a track is lost;
+  - the picture changed a lot outside the followed boxes (a scene cut, someone walking in): a
+    64-pixel-wide grey thumbnail is compared with the last detection's;
   - the last frame had no face to follow: frames without faces are detected every time (with
     carried boxes alone, a face that one detection misses stayed unfound until the next
-    scheduled one: 4 of 244 composed-clip segments were never found at K=5).
-With `every` = 1 every frame is detected, as before. This is the scheme of NVIDIA DeepStream's
-`interval` (detector every N frames, tracker between) and Frigate's motion gate.
+    scheduled one: 4 of 244 composed-clip segments were never found at K=5);
+  - the stream is new to this worker, or jumped (a camera's frames spread over several
+    workers: each worker schedules the frames it sees). File runs send FrameGroups of K
+    frames instead: each group starts with a full detection (detector/stage.py).
+With `every` = 1 every frame is detected. This is the scheme of NVIDIA DeepStream's `interval`
+(detector every N frames, tracker between) and Frigate's motion gate. Measured in
+docs/benchmarks.md (section 10): the default K=5 agrees with the face alone as often as K=1.
 """
 
 from __future__ import annotations
@@ -36,13 +37,23 @@ THUMB_WIDTH = 64
 # averages 10-20 source pixels each, so sensor and compression noise stays far below it) ...
 PIXEL_CHANGE = 25
 # ... and a full detection is called when more than this fraction of the pixels outside the
-# carried boxes changed: a 100 px face entering a 1280x720 frame is about 1 %, a scene cut most.
-CHANGE_THRESHOLD = 0.005
+# carried boxes changed since the last full detection: a scene cut changes most of them, a person
+# walking in several percent. Real video moves outside the faces all the time (shoulders, hands,
+# hair, the camera): measured over 200 frames, the changed fraction's median was 0.44 % on
+# megamind.avi and 0.28 % on WolfgangLanger_Pexels.mp4, its 90th percentile 1.2 % and 2.0 %.
+# At 0.5 % the gate called a full detection on 40-45 % of the frames that carried boxes, so a
+# small face entering (about 1 % of a 1280x720 frame) is left to the schedule (within K frames).
+CHANGE_THRESHOLD = 0.05
 # The local search's window: this many times the predicted box's longer side, centred on it
 # (room for a face that moved or grew a little, still large in the detector's input) ...
-SEARCH_SCALE = 2.0
+SEARCH_SCALE = 2.5
 # ... and the box found there must overlap the prediction this much to be the same face.
 SAME_FACE_IOU = 0.3
+# A face the local search loses calls a full detection when its last score was at least this;
+# weaker boxes are dropped. On megamind.avi the lost boxes under it were false ones (about 0.5,
+# at the frame's edge); with SEARCH_SCALE 2.5, 3 of 301 clear boxes (score 0.75 or more) were
+# lost by the search (2.0: 7, 1.5: 30) and none of 299 on WolfgangLanger_Pexels.mp4.
+LOST_FACE_SCORE = 0.75
 
 
 @dataclass
@@ -74,11 +85,15 @@ class ScheduledDetector:
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)
         found = [self._search(image, box) for box in predicted]
-        if any(box is None for box, _ in found):  # a track is lost: look at the whole frame
+        lost = [state.scores[i] for i, (box, _) in enumerate(found) if box is None]
+        if lost and max(lost) >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
             return (*self._full(stream, state, frame_index, image, thumb), True)
-        boxes = np.asarray([box for box, _ in found], np.float32).reshape(-1, 4)
-        scores = np.asarray([score for _, score in found], np.float32)
-        state.velocity = 0.5 * state.velocity + 0.5 * (boxes - state.boxes) / steps
+        # A weak box the search does not find again is dropped (most are false boxes, which a
+        # full detection would find again and again, each frame).
+        kept = [i for i, (box, _) in enumerate(found) if box is not None]
+        boxes = np.asarray([found[i][0] for i in kept], np.float32).reshape(-1, 4)
+        scores = np.asarray([found[i][1] for i in kept], np.float32)
+        state.velocity = 0.5 * state.velocity[kept] + 0.5 * (boxes - state.boxes[kept]) / steps
         state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
         return boxes.copy(), scores.copy(), False
 

@@ -27,13 +27,15 @@ EMOTION_COLOURS_BGR = {
 
 
 def draw_faces(image: np.ndarray, faces: pd.DataFrame) -> np.ndarray:
-    """Boxes in the dominant emotion's colour, `#track emotion p`, and a 7-bar probability chart."""
+    """Boxes in the dominant emotion's colour, `#track emotion p` (`emotion p` for a face of a
+    short track, which has no track ID in the results), and a 7-bar probability chart."""
     for face in faces.itertuples():
         x, y, w, h = int(face.x), int(face.y), int(face.w), int(face.h)
         colour = EMOTION_COLOURS_BGR[face.emotion]
         cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
         probs = [getattr(face, e) for e in EMOTIONS]
-        label = f"#{face.track_id} {face.emotion} {max(probs):.2f}"
+        track = "" if pd.isna(face.track_id) else f"#{face.track_id} "
+        label = f"{track}{face.emotion} {max(probs):.2f}"
         cv2.putText(image, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
         bar_x = x + w + 4 if x + w + 90 < image.shape[1] else max(0, x - 90)
         for i, (emotion, p) in enumerate(zip(EMOTIONS, probs)):

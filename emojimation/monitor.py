@@ -172,7 +172,7 @@ class Monitor:
             detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s,
                                     detect_every=settings.detect_every),
             detectors=settings.detector_workers,
-            classifier=ClassifierConfig(model=settings.model, max_age_s=settings.max_age_s),
+            classifier=ClassifierConfig(model=settings.model, max_age_s=settings.max_age_s, forward_crops=False),
             classifiers=settings.workers,
             aggregator=AggregatorConfig(
                 store=settings.store or default_store_url(), model_name=model_name(settings.model),

@@ -2,6 +2,11 @@
 
 The file formats are contracts (scripts depend on them): column names and order below
 must not change without a version note in the README.
+
+Short tracks (aggregator/tracks.py: followed for fewer than `min_track_frames` frames) have no
+track summary, so no row in tracks.csv and no entry in summary.json's `tracks`; their faces
+stay in detections.csv with an empty `track_id` (the store keeps the tracker's ID). Every
+`track_id` in detections.csv is therefore one of tracks.csv's.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ def collect(store: Store, inputs: list[tuple[str, int]], model: dict[str, Any], 
     for path, source_id in inputs:
         source = store.source(source_id) or {}
         faces = store.faces(source_id)
+        track_table = store.tracks(source_id)
         frame = faces.rename(columns=dict(zip(PROB_COLUMNS, EMOTIONS)))
+        frame["track_id"] = untracked_as_missing(frame["track_id"], track_table["track_id"])
         frame.insert(0, "input", path)
         detections.append(frame.reindex(columns=DETECTION_COLUMNS))
-        track_table = store.tracks(source_id)
         track_table.insert(0, "input", path)
         tracks.append(track_table.reindex(columns=TRACK_COLUMNS))
         summary_inputs.append({
@@ -65,6 +71,12 @@ def collect(store: Store, inputs: list[tuple[str, int]], model: dict[str, Any], 
         tracks=pd.concat(tracks, ignore_index=True) if tracks else empty_tracks,
         summary={"inputs": summary_inputs, "model": model, "elapsed_s": round(elapsed_s, 3)},
     )
+
+
+def untracked_as_missing(track_ids: pd.Series, tracks: pd.Series) -> pd.Series:
+    """Face rows' track IDs as nullable integers, missing (an empty CSV field) where the track
+    has no summary: a short track's faces belong to no track of their own."""
+    return track_ids.astype("Int64").where(track_ids.isin(tracks))
 
 
 def write(results: Results, out_dir: Path, extra_files: dict[str, Path] | None = None) -> list[Path]:

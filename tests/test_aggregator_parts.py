@@ -4,6 +4,7 @@ writer (against a real SQLite file), the preview socket; then the wired Aggregat
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 
@@ -235,7 +236,7 @@ def test_tracks_in_an_image_give_every_face_its_own_track_and_continue_from_a_gi
 
 def test_tracks_keep_the_best_scored_crop_as_a_png_thumbnail():
     start = Start(stream="v", seq=0, kind="video", source_fps=10.0)
-    tracks = StreamTracks(AggregatorConfig(thumbnails=True), start)
+    tracks = StreamTracks(AggregatorConfig(thumbnails=True, min_track_frames=1), start)
     for seq, value in ((1, 40), (2, 200)):
         frame = classified("v", seq, [[0, 0, 50, 50]])
         frame.crops[:] = value
@@ -244,6 +245,35 @@ def test_tracks_keep_the_best_scored_crop_as_a_png_thumbnail():
     [summary] = tracks.track_rows()
     image = cv2.imdecode(np.frombuffer(summary.thumbnail, np.uint8), cv2.IMREAD_UNCHANGED)
     assert image.shape == (CROP_SIZE, CROP_SIZE) and int(image[0, 0]) == 200
+
+
+def test_a_track_shorter_than_the_minimum_has_rows_but_no_summary():
+    """A face seen in one or two frames (default minimum 3) keeps its rows, with the tracker's ID,
+    but gets no track summary; a track summarised once it reaches the minimum has all its frames."""
+    start = Start(stream="v", seq=0, kind="video", source_fps=10.0)
+    tracks = StreamTracks(AggregatorConfig(), start)
+    rows = []
+    for seq in range(1, 6):  # track 1 throughout; a distant face in frames 2-3 (track 2) and 5 (track 3)
+        boxes = [[10, 10, 50, 50]] + ([[400, 300, 40, 40]] if seq in (2, 3) else []) + (
+            [[900, 10, 40, 40]] if seq == 5 else [])
+        rows += tracks.add((seq - 1) / 10, classified("v", seq, boxes))
+        if seq == 2:
+            assert [t.track_id for t in tracks.track_rows()] == []  # nobody followed for 3 frames yet
+        if seq == 3:
+            assert [(t.track_id, t.frames) for t in tracks.track_rows()] == [(1, 3)]  # reached the minimum
+    assert [row.track_id for row in rows] == [1, 1, 2, 1, 2, 1, 1, 3]  # every face has its row
+    assert [(t.track_id, t.frames) for t in tracks.track_rows()] == [(1, 5)]
+    assert [t.track_id for t in tracks.established()] == [1]
+
+    every = StreamTracks(AggregatorConfig(min_track_frames=1), start)  # 1: every face's track, as before
+    for seq in range(1, 6):
+        boxes = [[10, 10, 50, 50]] + ([[400, 300, 40, 40]] if seq in (2, 3) else [])
+        every.add((seq - 1) / 10, classified("v", seq, boxes))
+    assert [(t.track_id, t.frames) for t in every.track_rows()] == [(1, 5), (2, 2)]
+
+    image = StreamTracks(AggregatorConfig(min_track_frames=5), Start(stream="i", seq=0, kind="image"))
+    image.add(0.0, classified("i", 1, [[0, 0, 50, 50], [100, 0, 50, 50]]))
+    assert [t.track_id for t in image.track_rows()] == [1, 2]  # no minimum in pictures
 
 
 def test_frame_step_is_the_longer_of_source_and_sampling_intervals():
@@ -279,7 +309,7 @@ def add_tracked_frames(source: SourceWriter, tracks: StreamTracks, count: int, f
 
 
 def test_writer_flushes_rows_with_the_counters_and_finishes_with_the_tracks(store):
-    writer = Writer(store, AggregatorConfig(model_name="cnn"))
+    writer = Writer(store, AggregatorConfig(model_name="cnn", min_track_frames=1))
     start = video_start()
     source = writer.open(start)
     assert store.source(source.source_id)["status"] == "analysing"
@@ -330,7 +360,7 @@ def test_writer_failing_a_source_leaves_no_partial_rows(store):
 
 
 def test_writer_tick_stores_live_rows_at_once_and_file_rows_in_batches(store):
-    writer = Writer(store, AggregatorConfig())
+    writer = Writer(store, AggregatorConfig(min_track_frames=1))
     sources = []
     for start in (video_start(), camera_start()):
         source = writer.open(start)
@@ -512,10 +542,47 @@ def test_aggregator_camera_restart_closes_the_earlier_run(store):
     aggregator.accept(camera_start("run2"))  # the same camera's ingest started again
     assert list(aggregator.streams) == ["run2"]
     source_id = aggregator.streams["run2"].source.source_id
-    assert len(store.faces(source_id)) == 1 and store.tracks(source_id).track_id.tolist() == [1]
-    aggregator.accept(classified("run2", 1, [[10, 10, 50, 50]], capture_time=time.time()))
+    assert store.faces(source_id).track_id.tolist() == [1] and store.tracks(source_id).empty  # one frame: short
+    for seq in (1, 2, 3):
+        aggregator.accept(classified("run2", seq, [[10, 10, 50, 50]], capture_time=time.time()))
     aggregator.stop()
-    assert store.tracks(source_id).track_id.tolist() == [1, 2]  # IDs continue across runs
+    # IDs continue across runs, past the short track's too (it has rows but no summary)
+    assert store.faces(source_id).track_id.tolist() == [1, 2, 2, 2]
+    assert store.tracks(source_id).track_id.tolist() == [2]
+
+
+def test_a_live_track_is_short_until_it_reaches_the_minimum(store):
+    """A camera's new face: rows stored at once, its summary only once it has min_track_frames
+    frames; the minimum is recorded in the source's options for the dashboard."""
+    aggregator = Aggregator(AggregatorConfig(reorder_window_s=0.0, min_track_frames=3), store)
+    aggregator.accept(camera_start("c1"))
+    source = aggregator.streams["c1"].source
+    assert json.loads(store.source(source.source_id)["options"])["min_track_frames"] == 3
+    now = time.time()
+    for seq in (1, 2):
+        aggregator.accept(classified("c1", seq, [[10, 10, 50, 50]], capture_time=now + seq / 5))
+    source.flush(aggregator.streams["c1"].tracks)
+    assert len(store.faces(source.source_id)) == 2 and store.tracks(source.source_id).empty
+    aggregator.accept(classified("c1", 3, [[10, 10, 50, 50]], capture_time=now + 3 / 5))
+    source.flush(aggregator.streams["c1"].tracks)
+    assert store.tracks(source.source_id)[["track_id", "frames"]].values.tolist() == [[1, 3]]
+    aggregator.stop()
+
+
+def test_finishing_a_file_keeps_only_the_summaries_of_its_tracks_now(store):
+    """A file carried on with a higher minimum: a summary written earlier of a track that is now
+    short is deleted when the file finishes (Store.write_tracks(complete=True))."""
+    start = video_start()
+    source = Writer(store, AggregatorConfig(min_track_frames=2)).open(start)
+    tracks = StreamTracks(AggregatorConfig(min_track_frames=2), start)
+    add_tracked_frames(source, tracks, 2)
+    source.flush(tracks)
+    assert store.tracks(source.source_id).frames.tolist() == [2]
+    stricter = StreamTracks(AggregatorConfig(min_track_frames=3), start)
+    stricter.replay(store.faces(source.source_id))
+    source.finish(stricter)
+    assert store.tracks(source.source_id).empty and store.segments(source.source_id).empty
+    assert len(store.faces(source.source_id)) == 2
 
 
 def test_aggregator_stop_interrupts_an_unfinished_file(store):

@@ -63,3 +63,28 @@ def test_alert_rules_are_typed_and_checked_by_the_core(tmp_path):
     # The aggregator's alert_rules setting is checked when its config is loaded, not when it runs.
     with pytest.raises(ConfigError, match="'furious' is not one of"):
         load(AggregatorConfig, "aggregator", environ={"EMOJIMATION_ALERT_RULES": '[{"name": "x", "emotion": "furious"}]'})
+
+
+def test_min_track_frames_reaches_the_aggregator_from_analyse_and_monitor():
+    """`--min-track-frames` (default 3) is typed and checked like every setting, and `analyse` and
+    `monitor` hand it to the aggregator they start."""
+    import threading
+
+    from core.config import AnalyseConfig, Camera, MonitorConfig
+    from core.process import config_overrides
+    from emojimation.analysis import file_topology
+    from emojimation.cli import build_parser
+    from emojimation.monitor import Monitor, MonitorPlan
+
+    assert AnalyseConfig().min_track_frames == MonitorConfig().min_track_frames == AggregatorConfig().min_track_frames == 3
+    args = build_parser().parse_args(["analyse", "a.mp4", "--min-track-frames", "1"])
+    analyse = load(AnalyseConfig, "analyse", None, config_overrides(args, AnalyseConfig), environ={})
+    assert file_topology(analyse, ["a.mp4"]).aggregator.min_track_frames == 1
+    args = build_parser().parse_args(["monitor", "cam.mp4", "--min-track-frames", "5"])
+    monitor = load(MonitorConfig, "monitor", None, config_overrides(args, MonitorConfig), environ={})
+    plan = MonitorPlan(monitor, [Camera(name="cam", url="cam.mp4")])
+    assert Monitor(plan, supervisor=None, stop=threading.Event()).topology().aggregator.min_track_frames == 5
+    with pytest.raises(ConfigError, match="min_track_frames must be at least 1, got 0"):
+        load(AnalyseConfig, "analyse", None, {"min_track_frames": 0}, environ={})
+    with pytest.raises(ConfigError, match="min_track_frames"):
+        load(AggregatorConfig, "aggregator", None, environ={"EMOJIMATION_MIN_TRACK_FRAMES": "0"})

@@ -23,7 +23,7 @@ from dashboard.figures import timeline_figure, uirevision_for
 from dashboard.jobs import AnalysisJobs, UploadError, analyse_command, analyse_environment, safe_filename
 from dashboard.theme import EMOTION_COLOURS
 from core.emotions import EMOTIONS
-from core.store import FaceRow, Store
+from core.store import FaceRow, Store, TrackRow
 
 HOUR_ROWS = 3600 * 10 * 5
 
@@ -143,6 +143,38 @@ def test_dsd012_live_rows_reach_the_cache_incrementally(tmp_path):
     assert sorted(cached["id"]) == sorted(fresh["id"])
     summaries = data.track_summaries(source_id)  # no tracks table yet: provisional, from the rows
     assert [(s.track_id, s.dominant, s.provisional) for s in summaries] == [(1, "happy", True), (2, "sad", True)]
+
+
+def test_dsd015_short_tracks_are_neither_drawn_nor_listed(tmp_path):
+    """A track with fewer rows than the minimum the aggregator recorded in the source's options
+    is not drawn and has no card (a live one until it reaches the minimum); with summaries
+    written, only theirs are listed. A source without a recorded minimum shows every track."""
+    url = f"sqlite:///{tmp_path / 'short.db'}"
+    data = DashboardData(url)
+    with Store(url) as store:
+        source_id = store.create_source("camera", "rtsp://cam/1", "door", "live", options={"min_track_frames": 3})
+        store.add_faces(source_id, face_rows(1, [0.0, 0.1]) + face_rows(2, [0.1], emotion=4),
+                        {"faces": 3, "frames_analysed": 2})
+    timeline = data.timeline(source_id)
+    assert timeline.tracks == [] and timeline.total_tracks == 0 and data.track_summaries(source_id) == []
+    with Store(url) as store:
+        store.add_faces(source_id, face_rows(1, [0.2]), {"faces": 4, "frames_analysed": 3})
+    timeline = data.timeline(source_id)
+    assert [(t.track_id, t.rows) for t in timeline.tracks] == [(1, 3)] and timeline.total_tracks == 1
+    assert [(s.track_id, s.frames, s.provisional) for s in data.track_summaries(source_id)] == [(1, 3, True)]
+    assert data.timeline(source_id, track_id=2).tracks == [] and data.track_summary(source_id, 2) is None
+
+    happy = [0.02, 0.02, 0.02, 0.88, 0.02, 0.02, 0.02]
+    with Store(url) as store:  # the aggregator's summaries: none for the short track 2
+        store.write_tracks(source_id, [TrackRow(1, 0.0, 0.2, 3, happy, [("happy", 0.0, 0.3)])])
+        store.update_source(source_id, status="disconnected")
+    assert [(s.track_id, s.provisional) for s in data.track_summaries(source_id)] == [(1, False)]
+    assert [s.tracks for s in data.source_summaries() if s.id == source_id] == [1]
+
+    with Store(url) as store:  # stored before the minimum existed: every track, as before
+        legacy = store.create_source("camera", "rtsp://cam/2", "hall", "live")
+        store.add_faces(legacy, face_rows(1, [0.0, 0.1]) + face_rows(2, [0.1]), {"faces": 3, "frames_analysed": 2})
+    assert [t.track_id for t in data.timeline(legacy).tracks] == [1, 2]
 
 
 def test_dsd013_source_token_changes_with_progress(tmp_path):

@@ -14,7 +14,8 @@ import detector.schedule as schedule
 from bench.synthetic import background, paste, require_shared_data, val_faces
 from detector.backends import make_detector
 from detector.schedule import ScheduledDetector
-from test_pipeline import analyse, clips  # noqa: F401 (the clips fixture)
+from core.boxes import iou_matrix
+from test_pipeline import analyse, clips, ffprobe_frames  # noqa: F401 (the clips fixture)
 
 K = 5
 
@@ -88,48 +89,25 @@ def test_every_one_detects_every_frame(face):
 
 
 def test_pipeline_with_a_schedule_has_a_row_for_every_face_in_every_frame(clips, tmp_path):  # noqa: F811
-    """`analyse --every-frame --detect-every K` on a clip of faces with empty stretches: the frames
-    with a face row are the same as with --detect-every 1, nearly every frame has as many rows
-    (boxes are carried, not dropped, between detections), and every track covers its frames
-    without gaps."""
-    tables = {}
+    """`analyse --every-frame --detect-every K` on a clip of faces with empty stretches, against
+    where the faces were pasted: nearly every frame showing a face has a row on it (IoU 0.5), as
+    with --detect-every 1 (boxes are followed, not dropped, between detections); nearly no frame
+    without a face has a row; and every track of the scheduled run covers its frames without gaps."""
+    truth = clips["gaps_boxes"]  # frame -> the pasted face's box
+    hits = {}
     for every in (1, K):
         out = tmp_path / f"k{every}"
         result = analyse(clips["gaps"], "--every-frame", "--detect-every", every, "--out", out,
                          "--store", f"sqlite:///{tmp_path}/k{every}.db", home=tmp_path)
         assert result.returncode == 0, result.stderr
-        tables[every] = pd.read_csv(out / "detections.csv")
-    plain, scheduled = tables[1], tables[K]
-    assert len(plain) > 50
-    assert set(scheduled.frame) == set(plain.frame)
-    rows_plain, rows_scheduled = plain.groupby("frame").size(), scheduled.groupby("frame").size()
-    same = (rows_scheduled.reindex(rows_plain.index) == rows_plain).mean()
-    assert same >= 0.9, f"only {same:.0%} of frames have as many face rows as with every frame detected"
-    for _track, rows in scheduled.groupby("track_id"):
-        frames = rows.frame.sort_values().to_numpy()
-        assert (np.diff(frames) == 1).all(), "a track with a hole"
-
-
-def test_a_face_that_leaves_between_detections_loses_its_box_at_once(face, monkeypatch):
-    """The local search finds no face where the track was: the track is lost, a full detection
-    runs on that frame, and no box is carried over an empty picture (motion gate off, so only
-    the local search can notice)."""
-    monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
-    detector = ScheduledDetector(make_detector("blazeface"), every=K)
-    runs = [detector.detect("s", i, frame_with(face if i < 2 else None)) for i in range(4)]
-    assert [len(boxes) for boxes, _, _ in runs] == [1, 1, 0, 0]
-    assert [full for _, _, full in runs] == [True, False, True, True]
-
-
-def test_the_local_search_refines_a_carried_box(face, monkeypatch):
-    """A face that jumps 12 px against its measured velocity (none yet): the motion model alone
-    would leave the box 12 px behind; the box the local search finds is centred on the face."""
-    monkeypatch.setattr(schedule, "CHANGE_THRESHOLD", math.inf)
-    detector = ScheduledDetector(make_detector("blazeface"), every=K)
-    first, _, _ = detector.detect("s", 0, frame_with(face, x=240))
-    boxes, _, full = detector.detect("s", 1, frame_with(face, x=252))
-    assert not full
-    face_centre = 252 + 160 / 2  # frame_with pastes a 160 px face at x
-    carried_error = abs(first[0, 0] + first[0, 2] / 2 - face_centre)
-    refined_error = abs(boxes[0, 0] + boxes[0, 2] / 2 - face_centre)
-    assert refined_error < 4.0 and refined_error < carried_error / 2, (refined_error, carried_error)
+        rows = pd.read_csv(out / "detections.csv")
+        on_face = [frame for frame, box in truth.items()
+                   if (iou_matrix([box], rows.loc[rows.frame == frame, ["x", "y", "w", "h"]].to_numpy()) >= 0.5).any()]
+        hits[every] = len(on_face) / len(truth)
+        total, _ = ffprobe_frames(clips["gaps"])
+        empty = set(range(total)) - set(truth)
+        assert len(empty) > 50 and len(set(rows.frame) & empty) <= 0.05 * len(empty), f"K={every}: rows without a face"
+        for _track, track_rows in rows.groupby("track_id") if every == K else []:  # (K=1 has a flickering false box)
+            frames = track_rows.frame.sort_values().to_numpy()
+            assert (np.diff(frames) == 1).all(), "a track with a hole"
+    assert hits[K] >= 0.95 and hits[K] >= hits[1] - 0.02, hits

@@ -71,8 +71,9 @@ def clips(tmp_path_factory):
     schedule = compose_clip(folder / "faces.mp4", [f for f, _, _ in scheduled], [l for _, l, _ in scheduled],
                             seconds_per_face=2.0, fps=10.0, face_px=170)
     mixed = [faces[0][0], None, faces[1][0], None]
-    compose_clip(folder / "gaps.mp4", mixed, [0] * 4, seconds_per_face=1.5, fps=25.0, face_px=150)
-    return {"faces": folder / "faces.mp4", "schedule": schedule, "gaps": folder / "gaps.mp4"}
+    gaps = compose_clip(folder / "gaps.mp4", mixed, [0] * 4, seconds_per_face=1.5, fps=25.0, face_px=150)
+    return {"faces": folder / "faces.mp4", "schedule": schedule, "gaps": folder / "gaps.mp4",
+            "gaps_boxes": {frame: box for face in gaps for frame, box in face.boxes.items()}}
 
 
 def test_megamind_end_to_end_outputs_and_json(tmp_path):
@@ -97,7 +98,10 @@ def test_megamind_end_to_end_outputs_and_json(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), detections, check_dtype=False)
     tracks = pd.read_csv(out / "tracks.csv")
     assert list(tracks.columns) == TRACK_COLUMNS
-    assert tracks["frames"].sum() == len(detections)
+    # Every face row belongs to a track of tracks.csv, except those of short tracks (fewer than 3
+    # frames, the default --min-track-frames), whose track_id is empty.
+    assert tracks["frames"].sum() == detections["track_id"].notna().sum()
+    assert (tracks["frames"] >= 3).all() and set(detections["track_id"].dropna()) == set(tracks["track_id"])
     longest = tracks.sort_values("frames").iloc[-1]
     assert longest["frames"] >= 0.3 * entry["frames_with_faces"]  # the talking face is followed, not fragmented
     assert [t["track_id"] for t in entry["tracks"]] == tracks["track_id"].tolist()
@@ -106,6 +110,60 @@ def test_megamind_end_to_end_outputs_and_json(tmp_path):
     with Store(f"sqlite:///{tmp_path}/s.db") as store:
         stored = store.tracks(store.sources()["id"].iloc[0])
         assert stored["thumbnail"].notna().all()  # --thumbnails: one face image per track
+
+
+@pytest.fixture(scope="module")
+def glimpse_clip(tmp_path_factory):
+    """10 fps: a face for 3 s, 1.5 s of nothing (longer than a track's 1 s gap), the face in one
+    frame only (frame 45), then 1.5 s of nothing."""
+    require_shared_data()
+    face = val_faces(3, seed=7)[0][0]
+    faces = [face] * 30 + [None] * 15 + [face] + [None] * 15
+    path = tmp_path_factory.mktemp("glimpse") / "glimpse.mp4"
+    compose_clip(path, faces, [0] * len(faces), seconds_per_face=0.1, fps=10.0, face_px=150)
+    return path
+
+
+def test_a_face_seen_in_one_frame_has_rows_but_no_track(glimpse_clip, tmp_path):
+    """Default --min-track-frames 3: the one-frame face keeps its row in detections.csv (with an
+    empty track_id) but has no row in tracks.csv and no entry in summary.json; the long track is
+    unaffected. --min-track-frames 1 gives every face's track a row, as before the option."""
+    outputs = {}
+    for minimum in ("3", "1"):
+        out = tmp_path / f"min{minimum}"
+        extra = ["--annotate"] if minimum == "3" else []
+        result = analyse(glimpse_clip, "--out", out, "--json", "--detect-every", 1, "--min-track-frames", minimum,
+                         "--store", f"sqlite:///{tmp_path}/min{minimum}.db", *extra, home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs[minimum] = (pd.read_csv(out / "detections.csv"), pd.read_csv(out / "tracks.csv"),
+                            json.loads(result.stdout)["inputs"][0])
+    detections, tracks, entry = outputs["3"]
+    face = detections["x"] > 60  # the pasted face (the detector also boxes a patch of background at x < 0)
+    glimpse = detections[face & (detections["frame"] == 45)]
+    assert len(glimpse) == 1 and glimpse["track_id"].isna().all()  # its row is there, without a track
+    followed = detections[face & (detections["frame"] < 30)]
+    assert len(followed) >= 25 and (followed["track_id"] == 1).all()
+    assert tracks.set_index("track_id")["frames"][1] == len(followed)  # the long track is whole
+    assert (tracks["frames"] >= 3).all() and set(detections["track_id"].dropna()) == set(tracks["track_id"])
+    assert tracks["frames"].sum() == detections["track_id"].notna().sum()
+    assert [[t["track_id"], t["frames"]] for t in entry["tracks"]] == tracks[["track_id", "frames"]].values.tolist()
+    assert entry["faces"] == len(detections)  # faces counts every row, short tracks' too
+    assert (tmp_path / "min3" / "glimpse.annotated.mp4").stat().st_size > 0  # a face without a track is drawn too
+
+    every_detections, every_tracks, every_entry = outputs["1"]
+    assert every_detections["track_id"].notna().all()
+    [glimpse_id] = every_detections[(every_detections["x"] > 60) & (every_detections["frame"] == 45)]["track_id"]
+    assert every_tracks.set_index("track_id")["frames"][glimpse_id] == 1  # a track of its own, as before
+    assert every_tracks["frames"].sum() == len(every_detections) == every_entry["faces"]
+    assert [t["track_id"] for t in every_entry["tracks"]] == every_tracks["track_id"].tolist()
+    kept = every_tracks[every_tracks["track_id"].isin(tracks["track_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, tracks, check_exact=False, check_dtype=False)  # the longer tracks are the same either way
+    assert set(every_tracks["track_id"]) - set(tracks["track_id"]) == set(
+        every_tracks[every_tracks["frames"] < 3]["track_id"])
+    pd.testing.assert_frame_equal(every_detections.drop(columns="track_id"), detections.drop(columns="track_id"),
+                                  check_exact=False, check_dtype=False)
+    untracked = detections["track_id"].isna()
+    assert (every_detections["track_id"][~untracked] == detections["track_id"][~untracked]).all()
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4])

@@ -335,6 +335,21 @@ def test_write_tracks_replaces_a_track_and_its_segments(store_url):
         assert store.segments(source, 1)["emotion"].tolist() == ["sad", "happy"]
 
 
+def test_complete_track_writes_and_the_last_track_id_of_short_tracks(store_url):
+    """`complete` deletes the summaries (and segments) of tracks no longer in the list; the last
+    track ID counts a short track's face rows too (it has no summary)."""
+    happy = [0, 0, 0, 1, 0, 0, 0]
+    with Store(store_url) as store:
+        source = store.create_source("camera", "rtsp://cam", "door", "live")
+        assert store.last_track_id(source) == 0
+        store.write_tracks(source, [TrackRow(t, 0.0, 1.0, 3, happy, [("happy", 0.0, 1.0)]) for t in (1, 2)])
+        store.add_faces(source, [FaceRow(0, 0.0, 1.0, 5, (0, 0, 9, 9), 0.9, happy, happy)])  # track 5: short
+        assert store.last_track_id(source) == 5
+        store.write_tracks(source, [TrackRow(2, 0.0, 1.5, 4, happy, [("happy", 0.0, 1.5)])], complete=True)
+        assert store.tracks(source)[["track_id", "frames"]].values.tolist() == [[2, 4]]
+        assert store.segments(source)["track_id"].tolist() == [2]
+
+
 def test_camera_reuse_status_events_and_retention(store_url):
     with Store(store_url) as store:
         camera = store.open_camera("rtsp://cam", "door", width=640)
