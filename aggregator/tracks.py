@@ -15,16 +15,19 @@ face is its own one-frame track, so the minimum does not apply there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from aggregator.timeline import TrackTimeline
 from aggregator.tracker import FaceTracker
 from core.config import AggregatorConfig
 from core.messages import CROP_SIZE, Classified, Start
 from core.store import PROB_COLUMNS, FaceRow, TrackRow
+
+if TYPE_CHECKING:  # (replay gets a table; the aggregator starts without importing pandas)
+    import pandas as pd
 
 
 def frame_step_s(start: Start) -> float:

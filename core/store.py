@@ -49,9 +49,10 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is read: stages that only write start faster
+    import pandas as pd
 
 from core.config import data_dir
 from core.emotions import EMOTIONS
@@ -574,6 +575,8 @@ class Store:
 
     # --- reads --------------------------------------------------------------------------
     def _frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        import pandas as pd
+
         cursor = self.db.execute(sql, tuple(params))
         return pd.DataFrame(cursor.fetchall(), columns=[c[0] for c in cursor.description])
 

@@ -12,17 +12,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from core.config import AggregatorConfig, AnalyseConfig, ClassifierConfig, DetectorConfig, IngestConfig, default_store_url
 from core.errors import DataError
 from core.messages import Status, StatusEvent
 from core.model_io import ModelInfo, default_model, metadata_path
 from core.store import Store
-from emojimation.results import Results, collect, write
 from emojimation.supervisor import PipelineError, RestartBudget, Supervisor, describe_death, record_event
 from emojimation.topology import Topology, boot
 from ingest.media import MediaInfo, expected_frames, probe, sampling_ratio
+
+if TYPE_CHECKING:  # results (pandas) is imported once the stages are starting, not before
+    from emojimation.results import Results
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +302,8 @@ def analyse(paths: list[str] | str, out: str | None = None, **options: Any) -> R
     if not done:
         raise DataError("; ".join(reason for _, reason in bad + failed) or "nothing analysed")
     with Store(config.store) as store:
+        from emojimation.results import collect, write
+
         results = collect(store, done, model_summary(config.model), time.monotonic() - started)
     if out:
         write(results, Path(out))
@@ -343,6 +347,8 @@ def analyse_command(config: AnalyseConfig) -> int:
     if not done:
         return 1
     store_url = config.store or default_store_url()
+    from emojimation.results import collect, write
+
     with Store(store_url) as store:
         results = collect(store, done, model_summary(config.model), time.monotonic() - started)
         extra = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.timeline import TrackTimeline, emotion_segments
-from aggregator.tracker import FaceTracker
+from aggregator.tracker import FaceTracker, best_assignment
 from core.boxes import iou_matrix
 
 
@@ -73,3 +73,18 @@ def test_emotion_segments_short_run_joins_longer_neighbour():
     times = [i * 0.1 for i in range(30)]
     dominant = [3] * 10 + [0] * 2 + [3] * 18
     assert emotion_segments(times, dominant, 0.5, 0.1) == [("happy", 0.0, 3.0)]
+
+
+def test_the_small_assignment_solver_matches_scipys():
+    """Up to 3x6 faces the tracker solves the assignment itself (no scipy import at start-up):
+    the same total IoU as scipy's Hungarian solver, each row and column used once."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        rows, cols = rng.integers(1, 8, 2)
+        score = rng.random((rows, cols))
+        got_rows, got_cols = best_assignment(score)
+        want_rows, want_cols = linear_sum_assignment(-score)
+        assert np.isclose(score[got_rows, got_cols].sum(), score[want_rows, want_cols].sum())
+        assert len(set(got_rows)) == len(got_rows) == min(rows, cols) == len(set(got_cols))
