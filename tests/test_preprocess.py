@@ -17,7 +17,7 @@ import pytest
 from detector.schedule import ScheduledDetector
 from detector.stage import detect_faces
 from core.messages import Frame, decode, encode
-from core.preprocess import INPUT_SIZE, CropGeometry, face_input
+from core.preprocess import INPUT_SIZE, CropGeometry, face_input, square_box
 from helpers_fer import FER_ORDER as EMOTIONS, decode_grey, shared_files
 from training.data import load_folder
 
@@ -99,3 +99,20 @@ def test_face_input_is_identity_on_a_fer2013_face(channels):
     out = face_input(image)
     assert out.dtype == np.uint8 and out.shape == (INPUT_SIZE, INPUT_SIZE)
     np.testing.assert_array_equal(out, face)
+
+
+def test_face_input_cuts_before_greying_with_the_same_pixels():
+    """face_input cuts the face's square out of the colour frame before greying it (cheaper on
+    large frames): the crop must equal greying the whole frame, padding it by repeating its
+    edge pixels, then cutting; inside, at and past every edge."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = rng.integers(40, 300, 2)
+        frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        box = (rng.uniform(-60, width), rng.uniform(-60, height), rng.uniform(5, 150), rng.uniform(5, 150))
+        x0, y0, side = square_box(box, 0.1, -0.1)
+        pad = side + abs(x0) + abs(y0)
+        padded = cv2.copyMakeBorder(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        square = padded[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        want = cv2.resize(square, (48, 48), interpolation=cv2.INTER_AREA if side > 48 else cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(face_input(frame, box, 0.1, -0.1), want)
