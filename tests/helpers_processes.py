@@ -112,3 +112,20 @@ def stage_processes(processes: list[MarkedProcess], stage: str) -> list[MarkedPr
     name is one whole argument either way. Only for picking a process to act on; leftover
     checks never look at command lines."""
     return [p for p in processes if p.comm.startswith("python") and stage in p.argv[1:4]]
+
+
+def wait_for_status(socket, event, reports: list, timeout_s: float = 60.0, check=lambda: None):
+    """The next Status report `event` on a stage's status `socket` (a zmq PULL); every report
+    read is appended to `reports`; `check()` runs between polls (e.g. to assert a process is
+    still alive)."""
+    from core.messages import decode
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if socket.poll(200):
+            report = decode(socket.recv_multipart())
+            reports.append(report)
+            if report.event == event:
+                return report
+        check()
+    raise AssertionError(f"no {event} report in {timeout_s} s; got {[r.event for r in reports]}")

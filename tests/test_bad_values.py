@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from core.messages import Classified, End, Faces, Frame, MessageError, Start, Status, StatusEvent, decode, encode
+from helpers_processes import wait_for_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,16 +87,11 @@ def test_aggregator_counts_a_nan_message_and_keeps_storing(tmp_path):
     push.setsockopt(zmq.LINGER, 1000)
     reports: list[Status] = []
 
+    def alive() -> None:
+        assert aggregator.poll() is None, aggregator.stderr.read().decode()[-2000:]
+
     def wait_for(event: StatusEvent, timeout_s: float = 60.0) -> Status:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if status.poll(200):
-                report = decode(status.recv_multipart())
-                reports.append(report)
-                if report.event == event:
-                    return report
-            assert aggregator.poll() is None, aggregator.stderr.read().decode()[-2000:]
-        raise AssertionError(f"no {event} report in {timeout_s} s; got {[r.event for r in reports]}")
+        return wait_for_status(status, event, reports, timeout_s, alive)
 
     try:
         wait_for(StatusEvent.READY)

@@ -26,7 +26,9 @@ from core.messages import Classified, Faces, Frame, Status, StatusEvent, decode,
 from core.preprocess import INPUT_SIZE
 from core.runtime import StageIO
 from emojimation.monitor import Monitor, MonitorPlan
+from helpers_processes import wait_for_status
 from test_monitor import HANG_S, MonitorProcess, detectable_faces, processes, wait_for  # noqa: F401 (fixture)
+
 
 CAMERAS = 8
 FPS = 30.0
@@ -97,14 +99,7 @@ def test_the_classifier_drops_stale_faces_in_live_runs(tmp_path):
     reports: list[Status] = []
 
     def next_report(event: StatusEvent) -> Status:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if status.poll(200):
-                report = decode(status.recv_multipart())
-                reports.append(report)
-                if report.event == event:
-                    return report
-        raise AssertionError(f"no {event} report: {reports}")
+        return wait_for_status(status, event, reports)
 
     try:
         worker.start()
