@@ -134,8 +134,8 @@ class DetectorConfig(StageLinks):
     max_age_s: float = 0.0  # live: frames captured longer ago are dropped as stale (0 = never)
     # Full detection every K-th frame a worker sees of a stream (and at scene changes, and when a
     # face is lost); between, each box is carried and refined by a local search (detector.schedule).
-    # 1 = every frame. 5: measured (docs/benchmarks.md section 10) to agree with the face alone
-    # no less than every frame does (83.1 % against 82.4 % of 244 segments).
+    # 1 = every frame. 5: per-segment agreement within a segment or two of every frame's on 244
+    # composed-clip segments, at a fraction of the detector's cost (docs/benchmarks.md 3 and 10).
     detect_every: int = 5
 
 
