@@ -89,6 +89,10 @@ class Aggregator:
             self._ack(message.stream, self.finished[message.stream])
         elif isinstance(message, Start):
             self._open(message)
+        elif self.config.max_age_s and isinstance(message, Classified) and \
+                time.time() - message.capture_time > self.config.max_age_s:
+            if self.io:  # live and stale: not stored; the re-ordering counts the gap for its camera
+                self.io.counters.drop("stale")
         else:
             self._process(self.order.push(message))
 

@@ -169,6 +169,10 @@ class AggregatorConfig(StageLinks):
     model_name: str = ""
     # Live cameras:
     reorder_window_s: float = 0.5  # a missing (dropped) camera frame is waited for this long, then skipped
+    # Faces of a frame captured longer ago are dropped on arrival, as the detector and classifier
+    # do (the kernel's buffer on the classifier's link holds hundreds of small messages); counted
+    # as the camera's dropped frames. 0 = never (file runs).
+    max_age_s: float = 0.0
     alert_rules: str = ""  # JSON list of alert rules (the monitor passes its config file's [[alerts]])
     retention_days: float = 0.0  # delete camera rows captured longer ago (0 = keep everything)
     results_bind: str = ""  # PUB tracked faces here for `monitor --preview` (empty = off)

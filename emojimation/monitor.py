@@ -178,7 +178,7 @@ class Monitor:
                 store=settings.store or default_store_url(), model_name=model_name(settings.model),
                 alert_rules=json.dumps(self.plan.alert_rules) if self.plan.alert_rules else "",
                 retention_days=settings.retention_days, min_track_frames=settings.min_track_frames,
-                results_bind=self.results_address,
+                results_bind=self.results_address, max_age_s=settings.max_age_s,
                 reorder_window_s=self.reorder_window_s()))
 
     def reorder_window_s(self) -> float:

@@ -535,6 +535,22 @@ def test_aggregator_camera_gap_status_and_stop(store):
     assert aggregator.streams == {}
 
 
+def test_aggregator_drops_stale_live_faces_as_the_cameras_dropped_frames(store):
+    """Live, with max_age_s: a Classified captured longer ago is not stored, and counts as a
+    dropped frame of its camera (a gap), like the frames dropped upstream."""
+    aggregator = Aggregator(AggregatorConfig(reorder_window_s=0.0, max_age_s=0.5), store)
+    aggregator.accept(camera_start("c1"))
+    now = time.time()
+    aggregator.accept(classified("c1", 1, [[10, 10, 50, 50]], capture_time=now))
+    aggregator.accept(classified("c1", 2, [[10, 10, 50, 50]], capture_time=now - 2.0))  # stale
+    aggregator.accept(classified("c1", 3, [[10, 10, 50, 50]], capture_time=now))
+    aggregator.tick()
+    source_id = aggregator.streams["c1"].source.source_id
+    assert store.faces(source_id).frame.tolist() == [0, 2]
+    aggregator.stop()
+    assert store.source(source_id)["frames_dropped"] == 1
+
+
 def test_aggregator_camera_restart_closes_the_earlier_run(store):
     aggregator = Aggregator(AggregatorConfig(), store)
     aggregator.accept(camera_start("run1"))

@@ -95,7 +95,7 @@ def stored_frames(store_url: str) -> int:
 
 
 def test_chaos_killed_and_hung_stages_lose_nothing(clips, tmp_path):
-    """SIGKILL a random detector, classifier or aggregator every few seconds, and SIGSTOP one stage
+    """SIGKILL a random detector, classifier or aggregator about every second, and SIGSTOP one stage
     once for good: the run exits 0 with an undisturbed run's detections, and leaves no process."""
     clip, expected = clips["long"]
     marker = ProcessMarker()
@@ -110,7 +110,7 @@ def test_chaos_killed_and_hung_stages_lose_nothing(clips, tmp_path):
         while stored_frames(store) == 0 and process.poll() is None:
             time.sleep(0.2)
         while process.poll() is None:
-            time.sleep(rng.uniform(1.5, 3.0))
+            time.sleep(rng.uniform(0.7, 1.4))  # (the 59 s clip takes about 10 s undisturbed)
             running = [p for stage in VICTIMS for p in stage_processes(marker.processes(), stage)
                        if kills.get(p.argv, 0) < 3 and p.pid != stopped]  # within the restart budget
             if not running or process.poll() is not None:

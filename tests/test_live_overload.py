@@ -80,7 +80,7 @@ def test_the_monitor_gives_every_stage_a_small_queue_and_the_classifier_a_max_ag
     config = MonitorConfig(sources=["cam=/dev/video0"])
     topology = Monitor(MonitorPlan(config, []), supervisor=None, stop=threading.Event()).topology()
     assert topology.shared.queue_messages == config.queue_messages == 1
-    assert topology.classifier.max_age_s == topology.detector.max_age_s == config.max_age_s > 0
+    assert topology.classifier.max_age_s == topology.detector.max_age_s == topology.aggregator.max_age_s == config.max_age_s > 0
     assert topology.aggregator.reorder_window_s == 0.0  # one detector, one classifier: every link is FIFO
     assert ClassifierConfig().max_age_s == 0.0 and IngestConfig().queue_messages == 64  # file runs: as before
 
