@@ -49,12 +49,12 @@ class HaarDetector:
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-        shrink = max(grey.shape) / self.max_side if self.max_side else 1.0
-        if shrink > 1.0:
-            size = (int(round(grey.shape[1] / shrink)), int(round(grey.shape[0] / shrink)))
+        factor = max(grey.shape) / self.max_side if self.max_side else 1.0
+        if factor > 1.0:
+            size = (int(round(grey.shape[1] / factor)), int(round(grey.shape[0] / factor)))
             grey = shrink(grey, size)
         else:
-            shrink = 1.0
+            factor = 1.0
         boxes, _levels, weights = self.cascade.detectMultiScale3(
             grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
             minSize=(self.min_face, self.min_face), outputRejectLevels=True,
@@ -63,7 +63,7 @@ class HaarDetector:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
         # Haar "level weights" are unbounded margins; squash them to 0..1 for a comparable score.
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float32).reshape(-1)))
-        return np.asarray(boxes, np.float32).reshape(-1, 4) * shrink, scores.astype(np.float32)
+        return np.asarray(boxes, np.float32).reshape(-1, 4) * factor, scores.astype(np.float32)
 
 
 def _blazeface_model_dir() -> Path:

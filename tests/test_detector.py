@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.synthetic import SHARED_DATA, background
-from detector.backends import BlazeFaceDetector, suppress_overlaps
+from bench.synthetic import SHARED_DATA, background, require_shared_data
+from detector.backends import BlazeFaceDetector, make_detector, suppress_overlaps
 
 PHOTO = SHARED_DATA / "images" / "img11.jpg"  # one person, face in the middle
 
@@ -60,3 +60,15 @@ def test_square_frames_take_one_pass_and_tiles_add_nothing_there():
     with_tiles, _ = BlazeFaceDetector("full", tiles=True).detect(frame)
     without, _ = BlazeFaceDetector("full", tiles=False).detect(frame)
     np.testing.assert_array_equal(with_tiles, without)
+
+
+@pytest.mark.parametrize("name", ["haar", "blazeface", "blazeface-full"])
+def test_every_detector_finds_the_face_of_a_real_photo_larger_than_its_working_size(name):
+    """img11.jpg (600x800, one face) is larger than Haar's 640-pixel working size and than
+    BlazeFace's input, so each detector shrinks it first (a path frames of 640 or less skip)."""
+    require_shared_data()
+    photo = cv2.imread(str(PHOTO))
+    boxes, scores = make_detector(name).detect(photo)
+    assert len(boxes) == 1, (boxes, scores)
+    x, y, w, h = boxes[0]
+    assert 100 < x + w / 2 < 450 and 150 < y + h / 2 < 500 and 200 < w < 400  # on the face (checked by eye)
