@@ -16,8 +16,8 @@ from core.errors import ConfigError
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`image` resized to `size` (width, height) by area averaging: halved exactly while it is
     at least twice too large (OpenCV's fast path for a 2:1 area resize), then resized the rest.
-    One INTER_AREA resize at another ratio takes OpenCV's generic path: 3.5 ms from 1280x720 to
-    228x128 against 0.3 ms this way, the same box filter up to the rounding of odd sizes."""
+    One INTER_AREA resize at another ratio takes OpenCV's generic path: 3.9 ms from 1280x720 to
+    228x128 against 1.2 ms this way, the same box filter up to the rounding of odd sizes."""
     width, height = size
     while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
         half_h, half_w = image.shape[0] // 2, image.shape[1] // 2

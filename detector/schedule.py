@@ -79,8 +79,10 @@ class ScheduledDetector:
     def detect(self, stream: str, frame_index: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(boxes, scores, full): `full` says whether the detector ran on this frame."""
         state = self.streams.get(stream)
+        if self.every == 1:  # every frame detected: no schedule, no state
+            return (*self.detector.detect(image), True)
         thumb = _thumbnail(image)
-        if self.every == 1 or state is None or self._due(state, frame_index, thumb, image.shape):
+        if state is None or self._due(state, frame_index, thumb, image.shape):
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)

@@ -129,3 +129,15 @@ def wait_for_status(socket, event, reports: list, timeout_s: float = 60.0, check
                 return report
         check()
     raise AssertionError(f"no {event} report in {timeout_s} s; got {[r.event for r in reports]}")
+
+
+def copy_sqlite_store(database: Path, folder: Path) -> str:
+    """The URL of a private copy of an SQLite store, with its WAL files (a test may write to it)."""
+    import shutil
+
+    copy = folder / "store.db"
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(database) + suffix)
+        if source.exists():
+            shutil.copy(source, Path(str(copy) + suffix))
+    return f"sqlite:///{copy}"

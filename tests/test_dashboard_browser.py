@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from dashboard.app import create_app
 from devtools.dashboard_demo import write_synthetic_source
 from core.emotions import EMOTIONS
 from core.store import FaceRow, Store
+from helpers_processes import copy_sqlite_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -73,12 +73,7 @@ def pipeline_store(tmp_path_factory) -> Path:
 @pytest.fixture
 def store_url(pipeline_store, tmp_path) -> str:
     """A private copy of the pipeline store for one test (tests write to it)."""
-    copy = tmp_path / "store.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(str(pipeline_store) + suffix)
-        if source.exists():
-            shutil.copy(source, Path(str(copy) + suffix))
-    return f"sqlite:///{copy}"
+    return copy_sqlite_store(pipeline_store, tmp_path)
 
 
 def pipeline_source(url: str) -> dict[str, Any]:

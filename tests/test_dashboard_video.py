@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -25,6 +24,7 @@ from dash.testing.wait import until
 from dashboard import ids
 from dashboard.app import create_app
 from core.store import Store
+from helpers_processes import copy_sqlite_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -78,12 +78,7 @@ def annotated_store(tmp_path_factory) -> Path:
 @pytest.fixture
 def store_url(annotated_store, tmp_path) -> str:
     """A private copy of the store for one test (tests change it)."""
-    copy = tmp_path / "store.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(str(annotated_store) + suffix)
-        if source.exists():
-            shutil.copy(source, Path(str(copy) + suffix))
-    return f"sqlite:///{copy}"
+    return copy_sqlite_store(annotated_store, tmp_path)
 
 
 def the_source(url: str) -> dict[str, Any]:
