@@ -116,9 +116,11 @@ class Frame(Message):
     frame_index: int = 0  # 0-based index in the source
     scale: float = 1.0  # source pixels per frame pixel (ingest may downscale inside ffmpeg)
     image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))  # BGR
+    still: bool = False  # a photo, not a video frame: searched thoroughly (detector/search.py)
 
     def meta(self) -> dict[str, Any]:
-        return {"frame_index": self.frame_index, "scale": self.scale}
+        # `still` only when set: a video frame's wire form stays what it was before photos had it.
+        return {"frame_index": self.frame_index, "scale": self.scale, **({"still": True} if self.still else {})}
 
 
 @dataclass
@@ -139,9 +141,10 @@ class FrameGroup(Message):
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))  # (n, h, w, 3) BGR
     frame_indices: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     source_times: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
+    still: bool = False  # photos, as Frame's
 
     def meta(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+        return {"scale": self.scale, **({"still": True} if self.still else {})}
 
     @property
     def last_seq(self) -> int:
@@ -152,7 +155,8 @@ class FrameGroup(Message):
         time moves with the source time, as ingest stamps a file's frames."""
         return [Frame(stream=self.stream, seq=self.seq + j, source_time=float(self.source_times[j]),
                       capture_time=self.capture_time + float(self.source_times[j]) - self.source_time,
-                      frame_index=int(self.frame_indices[j]), scale=self.scale, image=self.images[j])
+                      frame_index=int(self.frame_indices[j]), scale=self.scale, image=self.images[j],
+                      still=self.still)
                 for j in range(len(self.images))]
 
 

@@ -207,6 +207,11 @@ class BlazeFaceDetector:
         return boxes[picked].astype(np.float32), scores[keep][picked].astype(np.float32)
 
 
+# Which model confirms a backend's boxes in still pictures (detector/search.py): another model
+# than the one that found them, whose false boxes sit elsewhere.
+CONFIRMERS = {"blazeface": "blazeface-full", "blazeface-full": "blazeface", "haar": "blazeface-full"}
+
+
 def make_detector(name: str, min_score: float | None = None, min_face: int = 24, threads: int = 1) -> FaceDetector:
     """A detector by name; `min_score` None keeps the backend's measured default threshold."""
     if name == "haar":

@@ -31,6 +31,7 @@ import numpy as np
 
 from core.boxes import iou_matrix
 from detector.backends import FaceDetector, shrink
+from detector.search import search_window
 
 THUMB_WIDTH = 64
 # A thumbnail pixel "changed" when its grey level moved by more than this (0-255; the thumbnail
@@ -44,11 +45,7 @@ PIXEL_CHANGE = 25
 # At 0.5 % the gate called a full detection on 40-45 % of the frames that carried boxes, so a
 # small face entering (about 1 % of a 1280x720 frame) is left to the schedule (within K frames).
 CHANGE_THRESHOLD = 0.05
-# The local search's window: this many times the predicted box's longer side, centred on it
-# (room for a face that moved or grew a little, still large in the detector's input) ...
-SEARCH_SCALE = 2.5
-# ... and the box found there must overlap the prediction this much to be the same face.
-SAME_FACE_IOU = 0.3
+# The local search's window and match: detector/search.py (SEARCH_SCALE, SAME_FACE_IOU).
 # A face the local search loses calls a full detection when its last score was at least this;
 # weaker boxes are dropped. On megamind.avi the lost boxes under it were false ones (about 0.5,
 # at the frame's edge); with SEARCH_SCALE 2.5, 3 of 301 clear boxes (score 0.75 or more) were
@@ -86,7 +83,7 @@ class ScheduledDetector:
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)
-        found = [self._search(image, box) for box in predicted]
+        found = [search_window(self.detector, image, box) for box in predicted]
         lost = [state.scores[i] for i, (box, _) in enumerate(found) if box is None]
         if lost and max(lost) >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
             return (*self._full(stream, state, frame_index, image, thumb), True)
@@ -98,30 +95,6 @@ class ScheduledDetector:
         state.velocity = 0.5 * state.velocity[kept] + 0.5 * (boxes - state.boxes[kept]) / steps
         state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
         return boxes.copy(), scores.copy(), False
-
-    def _search(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray | None, float]:
-        """The detector on a square window around `box`: the face's box there (frame pixels) and
-        score, or (None, 0) if no box there overlaps `box` enough."""
-        side = SEARCH_SCALE * float(max(box[2], box[3]))
-        x0, y0 = int(round(box[0] + box[2] / 2 - side / 2)), int(round(box[1] + box[3] / 2 - side / 2))
-        size = max(1, int(round(side)))
-        height, width = image.shape[:2]
-        left, top, right, bottom = max(0, x0), max(0, y0), min(width, x0 + size), min(height, y0 + size)
-        if right - left < 8 or bottom - top < 8:
-            return None, 0.0
-        window = image[top:bottom, left:right]  # a view: the detector resizes it to its input
-        if (left, top, right, bottom) != (x0, y0, x0 + size, y0 + size):  # at the frame's edge: keep it square
-            window = cv2.copyMakeBorder(window, top - y0, y0 + size - bottom, left - x0, x0 + size - right,
-                                        cv2.BORDER_CONSTANT, value=0)
-        boxes, scores = self.detector.detect(window)
-        if not len(boxes):
-            return None, 0.0
-        boxes = boxes + np.asarray([x0, y0, 0, 0], np.float32)
-        overlap = iou_matrix(box[None], boxes)[0]
-        best = int(overlap.argmax())
-        if overlap[best] < SAME_FACE_IOU:
-            return None, 0.0
-        return boxes[best], float(scores[best])
 
     def _due(self, state: StreamState, frame_index: int, thumb: np.ndarray, shape: tuple[int, ...]) -> bool:
         steps = frame_index - state.frame_index

@@ -63,11 +63,11 @@ def _stream_images(send: Callable[[Message], bool], stream: str, info: MediaInfo
             return End(stream=stream, seq=sent + 1, frames_sent=sent, error=str(error))
         image, scale = _scaled(image, config.max_side)
         frame = Frame(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
-                      frame_index=index, scale=scale, image=image)
+                      frame_index=index, scale=scale, image=image, still=True)
         if config.group_frames:  # a group of one: photos are unrelated, each gets a full detection
             frame = FrameGroup(stream=stream, seq=sent + 1, source_time=float(index), capture_time=started,
                                scale=scale, images=image[None], frame_indices=np.array([index]),
-                               source_times=np.array([float(index)]))
+                               source_times=np.array([float(index)]), still=True)
         if not send(frame):
             return End(stream=stream, seq=sent + 1, frames_sent=sent, error="stopped")
         sent += 1

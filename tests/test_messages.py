@@ -25,6 +25,7 @@ def sample_messages():
               width=640, height=360, expected_frames=12, options={"fps": 10}),
         Frame(stream="in/0", seq=1, source_time=0.04, capture_time=2.0, frame_index=1, scale=2.0,
               image=rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)),
+        Frame(stream="photos", seq=1, frame_index=0, image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), still=True),
         Faces(stream="in/0", seq=2, frame_index=3, boxes=rng.random((2, 4), dtype=np.float32),
               scores=np.array([0.9, 0.8], np.float32), crops=rng.integers(0, 255, (2, 48, 48), dtype=np.uint8)),
         Classified(stream="cam", seq=5, frame_index=9, boxes=np.zeros((1, 4), np.float32),
@@ -139,7 +140,7 @@ def test_a_pickled_payload_is_refused():
 
 
 def _corrupt_variants():
-    good = encode(sample_messages()[2])
+    good = encode(next(m for m in sample_messages() if type(m) is Faces))
     wrong_version = bytearray(good[0])
     wrong_version[2] = PROTOCOL_VERSION + 1
     unknown_type = bytearray(good[0])
@@ -239,6 +240,9 @@ def test_a_frame_group_round_trips_and_splits_into_its_frames():
     assert [f.seq for f in frames] == [6, 7, 8] and [f.frame_index for f in frames] == [5, 8, 11]
     assert frames[2].capture_time == pytest.approx(101.1) and frames[1].scale == 2.0
     assert all((f.image == image).all() for f, image in zip(frames, images))
+    assert not any(f.still for f in frames)
+    photos = decode(encode(FrameGroup(**{**group.__dict__, "still": True})))
+    assert photos.still and all(f.still for f in photos.frames())  # photos keep their mark through a group
 
 
 @pytest.mark.parametrize("change, reason", [

@@ -1,0 +1,158 @@
+"""Searching a picture more closely than one detector pass does.
+
+Two users:
+  - the detection schedule (detector/schedule.py) follows a face from frame to frame by
+    searching a window around where it was (`search_window`);
+  - still pictures (photos, image folders) get a thorough search (`detect_still`): every face,
+    small ones and ones cut by the picture's edge included, and no false box. Time matters
+    little there (one picture, not 30 a second), so the detector runs on tiles at several scales,
+    and every box it finds must be found again in a window around it (`confirm`).
+
+Measured on group photos composed from the project's real faces (bench/group_photos.py,
+docs/benchmarks.md section 12).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from typing import Callable
+
+from core.boxes import iou_matrix
+from detector.backends import FaceDetector, suppress_overlaps
+
+# The local search's window: this many times the box's longer side, centred on it (room for a
+# face that moved or grew a little, still large in the detector's input) ...
+SEARCH_SCALE = 2.5
+# ... and the box found there must overlap the searched one this much to be the same face.
+SAME_FACE_IOU = 0.3
+# Still pictures: tiles at each scale overlap by half their side, so every face smaller than
+# half a tile is whole in one of them; a box cut by a tile's inner edge is a part of a face and
+# is ignored (the neighbouring tile holds the whole face).
+TILE_OVERLAP = 0.5
+# The smallest tile side, as a multiple of the detector's input side. Tiles smaller than the input
+# are enlarged: on 20 composed group photos at 1280x960 (bench/group_photos.py), faces under 24
+# pixels were found only with tiles down to half the input (0 of 7 at 1.0), at about 3.5 times the
+# time. The false boxes the enlarged tiles bring are what the confirming model removes.
+MIN_TILE = 0.5
+
+
+def window(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray | None:
+    """The square (x0, y0, size) of `image`, padded with black where it leaves the picture
+    (None if less than 8 pixels of it are inside)."""
+    height, width = image.shape[:2]
+    left, top, right, bottom = max(0, x0), max(0, y0), min(width, x0 + size), min(height, y0 + size)
+    if right - left < 8 or bottom - top < 8:
+        return None
+    inside = image[top:bottom, left:right]  # a view: the detector resizes it to its input
+    if (left, top, right, bottom) == (x0, y0, x0 + size, y0 + size):
+        return inside
+    return cv2.copyMakeBorder(inside, top - y0, y0 + size - bottom, left - x0, x0 + size - right,
+                              cv2.BORDER_CONSTANT, value=0)
+
+
+def search_window(detector: FaceDetector, image: np.ndarray, box: np.ndarray,
+                  scale: float = SEARCH_SCALE) -> tuple[np.ndarray | None, float]:
+    """The detector on a square window `scale` times `box`'s longer side around it: the face's
+    box there (frame pixels) and score, or (None, 0) if no box there overlaps `box` enough."""
+    side = scale * float(max(box[2], box[3]))
+    x0, y0 = int(round(box[0] + box[2] / 2 - side / 2)), int(round(box[1] + box[3] / 2 - side / 2))
+    patch = window(image, x0, y0, max(1, int(round(side))))
+    if patch is None:
+        return None, 0.0
+    boxes, scores = detector.detect(patch)
+    if not len(boxes):
+        return None, 0.0
+    boxes = boxes + np.asarray([x0, y0, 0, 0], np.float32)
+    overlap = iou_matrix(box[None], boxes)[0]
+    best = int(overlap.argmax())
+    if overlap[best] < SAME_FACE_IOU:
+        return None, 0.0
+    return boxes[best], float(scores[best])
+
+
+def confirm(confirmer: FaceDetector, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes that `confirmer` finds again in a search around each (replaced by its box, which
+    saw the face larger); the others are dropped as false.
+
+    The confirmer should be another model than the one that found the boxes: a model's false
+    boxes come from textures it likes, and it likes them again in the window. Measured on 20
+    composed group photos (bench/group_photos.py) with BlazeFace short range finding the boxes:
+    confirmed by itself 127 of 141 faces kept and 11 false boxes; by the full-range model 128
+    and 1."""
+    kept_boxes, kept_scores = [], []
+    for box in boxes:
+        found, score = search_window(confirmer, image, box)
+        if found is not None:
+            kept_boxes.append(found)
+            kept_scores.append(score)
+    if not kept_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    merged, merged_scores = np.asarray(kept_boxes, np.float32), np.asarray(kept_scores, np.float32)
+    keep = suppress_overlaps(merged, merged_scores, 0.3)  # two boxes may have found one face
+    return merged[keep], merged_scores[keep]
+
+
+def tile_origins(length: int, side: int) -> list[int]:
+    """Tile starts along one axis: `side`-long tiles overlapping by TILE_OVERLAP, the last one
+    flush with the end."""
+    if length <= side:
+        return [0]
+    step = max(1, int(side * (1.0 - TILE_OVERLAP)))
+    starts = list(range(0, length - side, step))
+    return starts + [length - side]
+
+
+def _cut_by_tile(boxes: np.ndarray, x0: int, y0: int, side: int, width: int, height: int) -> np.ndarray:
+    """Which boxes (tile pixels) reach past one of the tile's inner edges (not the picture's)."""
+    margin = 0.02 * side
+    cut = np.zeros(len(boxes), bool)
+    if x0 > 0:
+        cut |= boxes[:, 0] < margin
+    if y0 > 0:
+        cut |= boxes[:, 1] < margin
+    if x0 + side < width:
+        cut |= boxes[:, 0] + boxes[:, 2] > side - margin
+    if y0 + side < height:
+        cut |= boxes[:, 1] + boxes[:, 3] > side - margin
+    return cut
+
+
+def detect_still(detector: FaceDetector, confirmer: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every face of a still picture: the detector's own pass, then square tiles of half, a
+    quarter ... of the picture's short side (down to MIN_TILE times the detector's input side),
+    then each box confirmed by `confirmer` in a search around it."""
+    height, width = image.shape[:2]
+    # BlazeFace's input side; Haar has none (it scans every scale of a picture it first shrinks
+    # to 640 pixels), and BlazeFace's short-range input serves as its tile floor.
+    input_side = getattr(detector, "size", 128)
+    passes = [detector.detect(image)]
+    side = min(width, height) // 2
+    while side >= MIN_TILE * input_side:
+        for y0 in tile_origins(height, side):
+            for x0 in tile_origins(width, side):
+                boxes, scores = detector.detect(image[y0:y0 + side, x0:x0 + side])
+                whole = ~_cut_by_tile(boxes, x0, y0, side, width, height)
+                passes.append((boxes[whole] + np.asarray([x0, y0, 0, 0], np.float32), scores[whole]))
+        side //= 2
+    boxes = np.concatenate([b for b, _ in passes]).astype(np.float32).reshape(-1, 4)
+    scores = np.concatenate([s for _, s in passes]).astype(np.float32)
+    if not len(boxes):
+        return boxes, scores
+    keep = suppress_overlaps(boxes, scores, 0.3)
+    return confirm(confirmer, image, boxes[keep])
+
+
+class StillSearch:
+    """`detect_still` with its confirming model loaded on first use: a video run never needs it."""
+
+    def __init__(self, detector: FaceDetector, make_confirmer: Callable[[], FaceDetector]) -> None:
+        self.detector = detector
+        self.make_confirmer = make_confirmer
+        self.confirmer: FaceDetector | None = None
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.confirmer is None:
+            self.confirmer = self.make_confirmer()
+        return detect_still(self.detector, self.confirmer, image)
