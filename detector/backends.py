@@ -179,6 +179,13 @@ class BlazeFaceDetector:
         return (boxes[keep] / scale).astype(np.float32), scores[keep]
 
     def _detect_square(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes, scores, _keypoints = self.detect_with_keypoints(image)
+        return boxes, scores
+
+    def detect_with_keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One letterboxed pass: boxes (N, 4), scores (N,) and keypoints (N, 6, 2) in image pixels.
+        The keypoints are MediaPipe's: the eyes, the nose tip, the mouth's centre and the ears
+        (the subject's right one first)."""
         height, width = image.shape[:2]
         side = max(height, width)
         # Scale to the model's input, then letterbox to its square so faces keep their shape
@@ -196,15 +203,17 @@ class BlazeFaceDetector:
         scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores, -80, 80)))
         keep = np.flatnonzero(scores >= self.min_score)
         if keep.size == 0:
-            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 6, 2), np.float32)
         anchors, raw = self.anchors[keep], raw_boxes[keep]
         cx = raw[:, 0] / self.size + anchors[:, 0]
         cy = raw[:, 1] / self.size + anchors[:, 1]
         w, h = raw[:, 2] / self.size, raw[:, 3] / self.size
         boxes = np.stack([(cx - w / 2) * side, (cy - h / 2) * side, w * side, h * side], axis=1)
+        keypoints = (raw[:, 4:16].reshape(-1, 6, 2) / self.size + anchors[:, None, :]) * side
         picked = cv2.dnn.NMSBoxes(boxes.tolist(), scores[keep].tolist(), self.min_score, self.nms_iou)
         picked = np.asarray(picked, dtype=int).reshape(-1)
-        return boxes[picked].astype(np.float32), scores[keep][picked].astype(np.float32)
+        return (boxes[picked].astype(np.float32), scores[keep][picked].astype(np.float32),
+                keypoints[picked].astype(np.float32))
 
 
 # Which model confirms a backend's boxes in still pictures (detector/search.py): another model
