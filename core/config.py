@@ -297,6 +297,10 @@ class FinetuneConfig:
     pairs: Path | None = None  # the detector crops (default: made and cached by `emojimation finetune`)
     detectors: list[str] = field(default_factory=lambda: ["haar", "blazeface"])  # whose crops to make
     renders: int = 2  # frames per face, each cut by every detector
+    # Real pictures for half the renders' backgrounds: photo files, video files (a frame every
+    # 2 s) or folders of them. A default folder that is missing is skipped (synthetic only).
+    backgrounds: list[Path] = field(default_factory=lambda: [DEFAULT_FER_DATA.parent / "images",
+                                                             DEFAULT_FER_DATA.parent / "videos"])
     start: Path = DEFAULT_MODEL_PATH  # the trained model to fine-tune
     data: Path = DEFAULT_FER_DATA
     split: str = "train"

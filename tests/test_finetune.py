@@ -36,7 +36,7 @@ def finetuned(tmp_path_factory, fer_cache):
     kill_after_epoch(_finetune_args(data, out), 2, fer_cache, root)
     result = run_cli(*_finetune_args(data, out), cache_dir=fer_cache, cwd=root, timeout=300)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
-    pairs_file = next(fer_cache.glob("detector-crops-haar-blazeface-r2-s0-p*-train-*.npz"))
+    pairs_file = next(fer_cache.glob("detector-crops-v2-haar-blazeface-r2-s0-p*-train-*.npz"))
     return data, out, result.stdout, load_pairs(pairs_file)
 
 
@@ -156,3 +156,47 @@ def test_crops_cache_follows_the_data_content(tmp_path, monkeypatch):
     second = prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1)
     assert second != first and first.exists() and second.exists()
     assert not np.array_equal(load_pairs(first)["crops"], load_pairs(second)["crops"])
+
+
+def test_renders_use_real_backgrounds_and_new_light(tmp_path):
+    """Half the renders (here all: share 1.0) sit on a window of a real picture, and the pasted
+    face is lit anew: a gain and a gradient across it."""
+    import cv2
+
+    from training.detector_crops import RenderSettings, relight, render
+
+    rng = np.random.default_rng(0)
+    face = np.full((48, 48), 100, np.uint8)
+    backdrop = np.full((300, 400), 200, np.uint8)  # a "photo" of one grey level
+    frame, (x, y, size, _) = render(face, rng, RenderSettings(real_backgrounds=1.0, light_gain=(1.0, 1.0),
+                                                              light_gradient=0.0), [backdrop])
+    outside = np.ones(frame.shape, bool)
+    outside[max(0, y - 8):y + size + 8, max(0, x - 8):x + size + 8] = False  # JPEG blocks bleed a little
+    assert abs(float(np.median(frame[outside])) - 200) <= 2
+    assert abs(float(np.median(frame[y:y + size, x:x + size])) - 100) <= 2  # unchanged light
+    lit = relight(np.full((48, 48), 100, np.uint8), np.random.default_rng(1),
+                  RenderSettings(light_gain=(0.6, 0.6), light_gradient=0.4))
+    assert 40 <= lit.mean() <= 80  # darker overall ...
+    assert lit.max() - lit.min() > 5  # ... and brighter on one side than the other
+    # Synthetic fields when no real picture is given
+    frame, _ = render(face, np.random.default_rng(2), RenderSettings(real_backgrounds=1.0))
+    assert frame.ndim == 2 and cv2.countNonZero(frame) > 0
+
+
+def test_backgrounds_load_from_photos_and_videos_and_a_named_missing_one_is_an_error(tmp_path):
+    import subprocess
+
+    import cv2
+
+    from core.errors import ConfigError
+    from emojimation.finetune import load_backgrounds
+
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((1000, 800, 3), 90, np.uint8))
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10:duration=5",
+                    "-pix_fmt", "yuv420p", str(tmp_path / "clip.mp4")], check=True)
+    pictures = load_backgrounds([tmp_path], required=True)
+    assert sorted(p.shape for p in pictures) == [(240, 320)] * 3 + [(640, 512)]  # clip frames at 0, 2, 4 s; the photo scaled down
+    assert all(p.ndim == 2 for p in pictures)  # grey
+    assert load_backgrounds([tmp_path / "absent"], required=False) == []
+    with pytest.raises(ConfigError, match="absent"):
+        load_backgrounds([tmp_path / "absent"], required=True)

@@ -14,8 +14,11 @@ face has a pair.
 Detectors are passed in as callables (this package imports only the core): the CLI wires in
 the detector stage's backends (`emojimation finetune`).
 
-The backgrounds are deliberately unlike the test clips' (bench/synthetic.py): flat, gradient
-and noisy fields at random levels, so the fine-tune cannot learn one background.
+The backgrounds: half the frames get a real picture's (a random window of a photo or a video
+frame, handed in as `backgrounds`), the others flat, gradient and noisy fields at random
+levels, unlike the test clips' (bench/synthetic.py), so the fine-tune cannot learn one
+background. The pasted face is also lit anew (a gain and a gradient in a random direction):
+the same face in a shadow or beside a window should get the same answer.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class RenderSettings:
     jpeg_quality: tuple[int, int] = (45, 95)  # a codec's blocking and blur
     jitter_scale_sd: float = 0.12  # for missed faces: log-normal box scale (Haar's found boxes spread ~0.15-0.19)
     jitter_shift_sd: float = 0.05  # and a centre shift, fraction of the side
+    real_backgrounds: float = 0.5  # share of frames on a real picture's background (when some are given)
+    light_gain: tuple[float, float] = (0.6, 1.3)  # the face's brightness, times
+    light_gradient: float = 0.4  # at most this much brighter on one side of the face than at its centre
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -63,15 +69,38 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return np.clip(field, 0, 255).astype(np.uint8)
 
 
-def render(face: np.ndarray, rng: np.random.Generator, settings: RenderSettings) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """A grey frame with `face` pasted, enlarged, at a random place; and the pasted box."""
+def _real_background(rng: np.random.Generator, picture: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A random window of a real grey picture, scaled to (width, height)."""
+    scale = rng.uniform(0.3, 1.0) * min(picture.shape[1] / width, picture.shape[0] / height)
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    x, y = int(rng.integers(0, picture.shape[1] - w + 1)), int(rng.integers(0, picture.shape[0] - h + 1))
+    window = picture[y:y + h, x:x + w]
+    return cv2.resize(window, (width, height), interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
+
+
+def relight(face: np.ndarray, rng: np.random.Generator, settings: RenderSettings) -> np.ndarray:
+    """`face` (grey) under other light: a gain, and a gradient across it in a random direction."""
+    height, width = face.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = (np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5)) * 2.0  # -1..1 across the face
+    light = rng.uniform(*settings.light_gain) * (1.0 + rng.uniform(-1, 1) * settings.light_gradient * ramp)
+    return np.clip(face.astype(np.float32) * light, 0, 255).astype(np.uint8)
+
+
+def render(face: np.ndarray, rng: np.random.Generator, settings: RenderSettings,
+           backgrounds: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A grey frame with `face` pasted, enlarged and lit anew, at a random place; and the pasted box."""
     size = int(rng.integers(settings.face_px[0], settings.face_px[1] + 1))
     width = int(size * rng.uniform(1.5, 2.6))
     height = int(size * rng.uniform(1.25, 1.9))
-    frame = _background(rng, width, height)
+    if backgrounds and rng.random() < settings.real_backgrounds:
+        frame = _real_background(rng, backgrounds[int(rng.integers(len(backgrounds)))], width, height)
+    else:
+        frame = _background(rng, width, height)
     x, y = int(rng.integers(0, width - size + 1)), int(rng.integers(0, height - size + 1))
     interpolation = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
-    frame[y:y + size, x:x + size] = cv2.resize(face, (size, size), interpolation=interpolation)
+    frame[y:y + size, x:x + size] = relight(cv2.resize(face, (size, size), interpolation=interpolation), rng, settings)
     quality = int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1))
     ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if ok:
@@ -110,8 +139,9 @@ def jittered_box(pasted: tuple[int, int, int, int], rng: np.random.Generator, se
 
 def make_pairs(faces: np.ndarray, detectors: dict[str, DetectFn], renders: int, seed: int,
                settings: RenderSettings = RenderSettings(), progress: Callable[[int], None] | None = None,
-               ) -> dict[str, np.ndarray]:
+               backgrounds: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """For every face, `renders` frames; per frame and detector one crop (or a jittered one if missed).
+    `backgrounds`: real grey pictures for `settings.real_backgrounds` of the frames.
 
     Returns arrays: `index` (into faces), `detector` (position in `names`), `found` (bool),
     `crops` uint8 (N, 48, 48) and `names`.
@@ -121,7 +151,7 @@ def make_pairs(faces: np.ndarray, detectors: dict[str, DetectFn], renders: int, 
     index, detector, found, crops = [], [], [], []
     for i, face in enumerate(faces):
         for _ in range(renders):
-            frame, pasted = render(face, rng, settings)
+            frame, pasted = render(face, rng, settings, backgrounds)
             for d, name in enumerate(names):
                 box = matching_box(detectors[name](frame, max(16, int(pasted[2] * 0.35))), pasted)
                 hit = box is not None

@@ -215,7 +215,8 @@ def run(config: FinetuneConfig) -> Path:
     ModelInfo(
         temperature=temperature, flip_tta=True,
         extra={**previous.extra, "finetune": {**summary, "before": before, "config": {
-            k: _portable(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}},
+            k: _portable(v) if isinstance(v, Path) else [_portable(p) for p in v] if k == "backgrounds" else v
+            for k, v in asdict(config).items()}}},
     ).save(metadata_path(model_path))
     for name, values in (("before", before), ("after", summary)):
         print(f"{name}: hold-out accuracy {values['holdout_accuracy']:.4f} on faces,"
