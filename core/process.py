@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import typing
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from core import config as cfg
@@ -73,8 +74,13 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: frozen
         else:
             base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
             parser.add_argument(flag, type=base if base in (int, float) else str, default=None,
-                                help=HELP.get(f.name) or f"(default {f.default!r})"
+                                help=HELP.get(f.name) or f"(default {_shown(f.default)})"
                                 if f.default is not dataclasses.MISSING else HELP.get(f.name))
+
+
+def _shown(default: object) -> str:
+    """A default as a user would type it: a path as a path, not PosixPath('...')."""
+    return str(default) if isinstance(default, Path) else repr(default)
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
