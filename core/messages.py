@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from core.emotions import NUM_EMOTIONS
-from core.preprocess import INPUT_SIZE
+from core.preprocess import INPUT_SIZE, PIXEL_FORMATS, frame_bgr
 
 PROTOCOL_VERSION = 1
 MAGIC = b"EM"
@@ -112,15 +112,22 @@ class Start(Message):
 @dataclass
 class Frame(Message):
     TYPE: ClassVar[MessageType] = MessageType.FRAME
-    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {"image": ("u1", (None, None, 3))}
+    ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {"image": ("u1", (None, None, None))}
     frame_index: int = 0  # 0-based index in the source
     scale: float = 1.0  # source pixels per frame pixel (ingest may downscale inside ffmpeg)
-    image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))  # BGR
+    # (h, w, 3) BGR, or with pixels "i420" (h * 3/2, w, 1) planar YUV: see core.preprocess.frame_bgr
+    image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
     still: bool = False  # a photo, not a video frame: searched thoroughly (detector/search.py)
+    pixels: str = "bgr"  # bgr | i420 (file ingest: half the bytes of BGR, and no conversion in ffmpeg)
 
     def meta(self) -> dict[str, Any]:
-        # `still` only when set: a video frame's wire form stays what it was before photos had it.
-        return {"frame_index": self.frame_index, "scale": self.scale, **({"still": True} if self.still else {})}
+        # `still` and `pixels` only when not the default: a BGR video frame's wire form stays what it was.
+        return {"frame_index": self.frame_index, "scale": self.scale, **({"still": True} if self.still else {}),
+                **({"pixels": self.pixels} if self.pixels != "bgr" else {})}
+
+    def bgr(self) -> np.ndarray:
+        """The picture as BGR, whatever its pixel format on the wire."""
+        return frame_bgr(self.image, self.pixels)
 
 
 @dataclass
@@ -135,16 +142,18 @@ class FrameGroup(Message):
 
     TYPE: ClassVar[MessageType] = MessageType.FRAME_GROUP
     ARRAYS: ClassVar[dict[str, tuple[str, tuple[int | None, ...]]]] = {
-        "images": ("u1", (None, None, None, 3)), "frame_indices": ("<i8", (None,)), "source_times": ("<f8", (None,)),
+        "images": ("u1", (None, None, None, None)), "frame_indices": ("<i8", (None,)), "source_times": ("<f8", (None,)),
     }
     scale: float = 1.0  # source pixels per frame pixel, as Frame's
-    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))  # (n, h, w, 3) BGR
+    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.uint8))  # (n, h, w, 3) BGR, or I420 as Frame's
     frame_indices: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     source_times: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
     still: bool = False  # photos, as Frame's
+    pixels: str = "bgr"  # as Frame's
 
     def meta(self) -> dict[str, Any]:
-        return {"scale": self.scale, **({"still": True} if self.still else {})}
+        return {"scale": self.scale, **({"still": True} if self.still else {}),
+                **({"pixels": self.pixels} if self.pixels != "bgr" else {})}
 
     @property
     def last_seq(self) -> int:
@@ -156,7 +165,7 @@ class FrameGroup(Message):
         return [Frame(stream=self.stream, seq=self.seq + j, source_time=float(self.source_times[j]),
                       capture_time=self.capture_time + float(self.source_times[j]) - self.source_time,
                       frame_index=int(self.frame_indices[j]), scale=self.scale, image=self.images[j],
-                      still=self.still)
+                      still=self.still, pixels=self.pixels)
                 for j in range(len(self.images))]
 
 
@@ -334,8 +343,18 @@ def out_of_range(message: Message) -> str:
         if isinstance(message, Classified) and len(message.probs) and \
                 ((message.probs < 0).any() or (message.probs > 1).any()):
             return "probabilities outside 0..1"
-    if isinstance(message, (Frame, FrameGroup)) and not (math.isfinite(message.scale) and message.scale > 0):
-        return f"frame scale {message.scale} is not a positive number"
+    if isinstance(message, (Frame, FrameGroup)):
+        if not (math.isfinite(message.scale) and message.scale > 0):
+            return f"frame scale {message.scale} is not a positive number"
+        picture = message.image if isinstance(message, Frame) else message.images[0] if len(message.images) else None
+        if message.pixels not in PIXEL_FORMATS:
+            return f"unknown pixel format {message.pixels!r}"
+        if picture is not None and picture.size:
+            rows, width, channels = picture.shape
+            if message.pixels == "bgr" and channels != 3:
+                return f"a BGR picture with {channels} channels"
+            if message.pixels == "i420" and (channels != 1 or rows % 3 or width % 2):
+                return f"an I420 picture of shape {picture.shape} (expected rows a multiple of 3, even width, 1 channel)"
     if isinstance(message, FrameGroup):
         if len(message.images) == 0:
             return "a frame group without frames"

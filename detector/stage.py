@@ -26,12 +26,13 @@ def detect_faces(detector: ScheduledDetector, frame: Frame, geometry: CropGeomet
     `schedule_key`/`schedule_index`: whose detection schedule the frame follows and where
     (default: its stream's, at its frame index). A photo (`frame.still`) is searched by
     `still_search` instead, when given."""
+    image = frame.bgr()
     if frame.still and still_search is not None:
-        boxes, scores = still_search(frame.image)
+        boxes, scores = still_search(image)
     else:
         boxes, scores, _full = detector.detect(schedule_key or frame.stream,
-                                               frame.frame_index if schedule_index is None else schedule_index, frame.image)
-    crops = np.stack([face_input(frame.image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
+                                               frame.frame_index if schedule_index is None else schedule_index, image)
+    crops = np.stack([face_input(image, tuple(box), geometry.margin, geometry.shift_y) for box in boxes]) \
         if len(boxes) else np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
     return Faces(**header(frame), frame_index=frame.frame_index, boxes=(boxes * frame.scale).astype(np.float32),
                  scores=scores, crops=crops)

@@ -395,7 +395,7 @@ class Preview:
             frame = next((f for f in self.frames.get(result.stream, ()) if f.seq == result.seq), None)
             if frame is None:
                 continue
-            image = frame.image.copy()
+            image = frame.bgr().copy()
             if len(result.boxes):
                 boxes = result.boxes / frame.scale
                 table = pd.DataFrame(result.probs, columns=list(EMOTIONS))

@@ -170,15 +170,29 @@ def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+def frame_pixels(size: tuple[int, int]) -> str:
+    """The pixel format file frames travel in: planar I420 (half BGR's bytes, and ffmpeg skips
+    its slowest step, the conversion to BGR) where the size allows it (even width and height),
+    else BGR. The detector converts I420 itself (core.preprocess.frame_bgr)."""
+    return "i420" if size[0] % 2 == 0 and size[1] % 2 == 0 else "bgr"
+
+
+def frame_shape(size: tuple[int, int], pixels: str) -> tuple[int, int, int]:
+    """The array shape of one frame of `size` (width, height) in `pixels`."""
+    width, height = size
+    return (height * 3 // 2, width, 1) if pixels == "i420" else (height, width, 3)
+
+
 def ffmpeg_video_args(path: str, ratio: float | None, size: tuple[int, int], source_size: tuple[int, int],
-                      input_args: dict | None = None) -> list[str]:
-    """The ffmpeg command that decodes `path` to raw BGR frames on stdout."""
+                      input_args: dict | None = None, pixels: str = "bgr") -> list[str]:
+    """The ffmpeg command that decodes `path` to raw frames on stdout (BGR, or I420 with `pixels`)."""
     stream = ffmpeg.input(path, **(input_args or {})).video
     if ratio is not None:
         stream = stream.filter("select", select_expression(ratio))
     # Always scale to the expected size: it also pins the frame size if a stream changes
     # resolution mid-way, so every frame is exactly the bytes the reader expects.
     stream = stream.filter("scale", size[0], size[1], flags="area" if size != source_size else "bicubic")
-    out = ffmpeg.output(stream, "pipe:", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
+    out = ffmpeg.output(stream, "pipe:", format="rawvideo", pix_fmt="yuv420p" if pixels == "i420" else "bgr24",
+                        fps_mode="passthrough")
     return ffmpeg.compile(out.global_args("-hide_banner", "-nostdin", "-loglevel", "error", "-xerror"),
                           overwrite_output=True)

@@ -24,7 +24,8 @@ from core.errors import DataError, redact_url
 from core.messages import End, Frame, FrameGroup, Message, Start, StatusEvent
 from core.runtime import StageIO, running
 from ingest.media import (
-    MediaInfo, expected_frames, ffmpeg_video_args, is_selected, output_size, probe, read_image, sampling_ratio,
+    MediaInfo, expected_frames, ffmpeg_video_args, frame_pixels, frame_shape, is_selected, output_size, probe, read_image,
+    sampling_ratio,
 )
 from ingest.window import Window
 
@@ -90,8 +91,10 @@ def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo,
                   counter: Sent) -> End:
     ratio = None if config.every_frame else sampling_ratio(info.fps, config.fps)
     width, height = output_size(info.width, info.height, config.max_side)
-    args = ffmpeg_video_args(info.path, ratio, (width, height), (info.width, info.height))
-    frame_bytes = width * height * 3
+    pixels = frame_pixels((width, height))
+    args = ffmpeg_video_args(info.path, ratio, (width, height), (info.width, info.height), pixels=pixels)
+    shape = frame_shape((width, height), pixels)
+    frame_bytes = shape[0] * shape[1] * shape[2]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
@@ -101,7 +104,7 @@ def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo,
     scale = info.width / width
     # ffmpeg's frames are read straight into this buffer (sending copies them into the message).
     group = max(1, config.group_frames)
-    images = np.empty((group, height, width, 3), np.uint8)
+    images = np.empty((group, *shape), np.uint8)
     indices: list[int] = []
 
     def send_frames() -> bool:
@@ -110,10 +113,10 @@ def _stream_video(send: Callable[[Message], bool], stream: str, info: MediaInfo,
             message: Message = FrameGroup(
                 stream=stream, seq=sent + 1, source_time=times[0], capture_time=started + times[0], scale=scale,
                 images=images[:len(indices)], frame_indices=np.asarray(indices, np.int64),
-                source_times=np.asarray(times, np.float64))
+                source_times=np.asarray(times, np.float64), pixels=pixels)
         else:
             message = Frame(stream=stream, seq=sent + 1, source_time=times[0], capture_time=started + times[0],
-                            frame_index=indices[0], scale=scale, image=images[0])
+                            frame_index=indices[0], scale=scale, image=images[0], pixels=pixels)
         return send(message)
 
     try:

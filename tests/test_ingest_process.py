@@ -18,10 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
-from core.messages import Frame, Start, decode
+from core.messages import Frame, FrameGroup, Start, decode
 from ingest.camera import backoff_delay
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +158,31 @@ def test_nothing_is_left_when_ingest_is_killed(tmp_path, ingests, process_marker
     os.kill(ingest.process.pid, signal.SIGKILL)
     assert ingest.process.wait(HANG_S) == -signal.SIGKILL
     process_marker.assert_none_left(grace_s=30.0, what=f"by the {mode} ingest killed with SIGKILL")
+
+
+# --- pixels: file frames travel as I420 -----------------------------------------------------
+@pytest.mark.parametrize("size, encoded, pixels", [("320x240", "yuv420p", "i420"), ("321x241", "yuv444p", "bgr")])
+def test_file_frames_travel_as_i420_and_convert_to_ffmpegs_own_bgr(tmp_path, ingests, process_marker, size, encoded,
+                                                                    pixels):
+    """A file's frames leave ingest as planar I420 (half the bytes of BGR; ffmpeg skips its BGR
+    conversion) when the frame size is even, else as BGR; converted back, the picture is the BGR
+    ffmpeg itself decodes (a BT.601 clip: the two conversions agree to a level or two)."""
+    clip = tmp_path / "pattern.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10",
+                    "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", encoded, str(clip)],
+                   check=True, timeout=HANG_S)
+    width, height = (int(v) for v in size.split("x"))
+    ffmpeg_bgr = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(clip), "-frames:v", "1", "-f",
+                                 "rawvideo", "-pix_fmt", "bgr24", "-"], capture_output=True, check=True).stdout
+    want = np.frombuffer(ffmpeg_bgr, np.uint8).reshape(height, width, 3)
+    ingest = Ingest(tmp_path, process_marker, "--inputs", str(clip), "--every-frame", "--log-level", "WARNING")
+    ingests.append(ingest)
+    assert isinstance(ingest.receive(), Start)
+    message = ingest.receive()
+    frame = message.frames()[0] if isinstance(message, FrameGroup) else message
+    assert frame.pixels == pixels
+    assert frame.image.shape == ((height * 3 // 2, width, 1) if pixels == "i420" else (height, width, 3))
+    got = frame.bgr()
+    assert got.shape == (height, width, 3)
+    difference = np.abs(got.astype(int) - want.astype(int))
+    assert np.median(difference) <= 1 and np.percentile(difference, 99) <= 6, (difference.mean(), difference.max())

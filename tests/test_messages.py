@@ -26,6 +26,7 @@ def sample_messages():
         Frame(stream="in/0", seq=1, source_time=0.04, capture_time=2.0, frame_index=1, scale=2.0,
               image=rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)),
         Frame(stream="photos", seq=1, frame_index=0, image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), still=True),
+        Frame(stream="in/2", seq=1, frame_index=0, image=rng.integers(0, 255, (12, 8, 1), dtype=np.uint8), pixels="i420"),
         Faces(stream="in/0", seq=2, frame_index=3, boxes=rng.random((2, 4), dtype=np.float32),
               scores=np.array([0.9, 0.8], np.float32), crops=rng.integers(0, 255, (2, 48, 48), dtype=np.uint8)),
         Classified(stream="cam", seq=5, frame_index=9, boxes=np.zeros((1, 4), np.float32),
@@ -257,3 +258,26 @@ def test_a_bad_frame_group_is_refused(change, reason):
                   source_times=np.array([0.0]))
     with pytest.raises(MessageError, match=reason):
         decode(encode(FrameGroup(**{**fields, **change})))
+
+
+@pytest.mark.parametrize("image, pixels, reason", [
+    (np.zeros((8, 8, 3), np.uint8), "yuv", "unknown pixel format"),
+    (np.zeros((8, 8, 1), np.uint8), "bgr", "BGR picture with 1 channels"),
+    (np.zeros((8, 8, 1), np.uint8), "i420", "I420 picture"),  # rows not a multiple of 3
+    (np.zeros((12, 7, 1), np.uint8), "i420", "I420 picture"),  # odd width
+    (np.zeros((12, 8, 3), np.uint8), "i420", "I420 picture"),
+])
+def test_a_frame_whose_pixels_do_not_fit_its_format_is_refused(image, pixels, reason):
+    with pytest.raises(MessageError, match=reason):
+        decode(encode(Frame(stream="s", seq=1, image=image, pixels=pixels)))
+
+
+def test_an_i420_frame_converts_to_the_bgr_it_was_made_from():
+    import cv2
+
+    bgr = np.random.default_rng(3).integers(0, 255, (4, 6, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)  # 8x12, smooth
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)[:, :, None]
+    frame = decode(encode(Frame(stream="s", seq=1, image=i420, pixels="i420")))
+    assert frame.pixels == "i420" and frame.bgr().shape == (8, 12, 3)
+    assert np.abs(frame.bgr().astype(int) - bgr).max() <= 8  # YUV rounding
+    assert decode(encode(Frame(stream="s", seq=1, image=bgr))).bgr() is not None

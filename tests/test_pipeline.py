@@ -283,12 +283,16 @@ def test_good_inputs_still_analysed_beside_bad_ones(bad_inputs, clips, tmp_path)
 
 
 def start_analyse(clip: Path, tmp_path: Path, marker: ProcessMarker) -> tuple[subprocess.Popen, str]:
-    """`emojimation analyse` on `clip`, every frame, into a store the test can watch."""
+    """`emojimation analyse` on `clip`, every frame, into a store the test can watch. Ingest's
+    resend window is cut to 16 MB (EMOJIMATION_WINDOW_MB, read by the ingest process): it then
+    holds only some 45 frames not yet stored, so its ffmpeg is still decoding while the test
+    looks at the processes (the whole clip, 147 MB as I420, fits the default 192 MB)."""
     store = f"sqlite:///{tmp_path / 'run.db'}"
     process = subprocess.Popen(
         [sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--every-frame",
          "--detector", "haar", "--out", str(tmp_path / "out"), "--store", store],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marker.env(EMOJIMATION_HOME=str(tmp_path)))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=marker.env(EMOJIMATION_HOME=str(tmp_path), EMOJIMATION_WINDOW_MB="16"))
     return process, store
 
 
