@@ -47,7 +47,8 @@ from training.data import load_folder
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
-    """Every frame as BGR, decoded by ffmpeg as the ingest stage does."""
+    """Every frame as BGR, decoded by ffmpeg (ingest sends I420 that the detector converts with OpenCV:
+    the same pixels for these BT.601 clips)."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
@@ -91,6 +92,20 @@ def segment_rows(detections: pd.DataFrame, schedule, match_iou: float | None = N
             lengths = lengths[median[median >= match_iou].index]
         picked.append(rows[rows.track_id == lengths.idxmax()] if len(lengths) else None)
     return picked
+
+
+def frames_found(detections: pd.DataFrame, schedule, min_iou: float = 0.3) -> tuple[int, int]:
+    """(frames in which a box overlaps the pasted face by `min_iou` or more, frames with a face pasted):
+    the issue's "face found in the scheduled frames", counted frame by frame, every frame of every face."""
+    by_frame = {int(frame): rows[["x", "y", "w", "h"]].to_numpy() for frame, rows in detections.groupby("frame")}
+    found = total = 0
+    for segment in schedule:
+        for frame, box in segment.boxes.items():
+            total += 1
+            boxes = by_frame.get(int(frame))
+            if boxes is not None and len(boxes) and iou_matrix([box], boxes).max() >= min_iou:
+                found += 1
+    return found, total
 
 
 # Crop jitters (scale, dx, dy as fractions of the box) that `--jitter` averages the model over.
@@ -197,6 +212,7 @@ def main() -> None:
     models = [EmotionModel(m) for m in args.models]
     shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_model().resolve()), None)
     totals: dict[tuple, dict] = {}  # (detector, margin, jitter, low-pass, model) -> summed counts
+    frame_totals: dict[str, list[int]] = {}  # detector label -> [frames found, frames with a face]
 
     def report(seed: int, schedule: list, detector: str, margin: float, jitter: str, crops: list) -> None:
         for path, model in zip(args.models, models):
@@ -221,6 +237,12 @@ def main() -> None:
         for detector, every in [(d, k) for d in args.detectors for k in args.detect_every]:
             detections = run_pipeline(clip, detector, work, every)
             label = detector if every == 1 else f"{detector}@k{every}"
+            found, total = frames_found(detections, schedule)
+            frame_totals.setdefault(label, [0, 0])
+            frame_totals[label][0] += found
+            frame_totals[label][1] += total
+            print(json.dumps({"seed": seed, "detector": label, "frames_found": found, "frames_with_face": total}),
+                  flush=True)
             segments = segment_rows(detections, schedule, args.match_iou)
             own = DETECTOR_CROPS[detector]
             if shipped is not None:  # always on the longest tracks: those are the pipeline's own rows
@@ -242,6 +264,8 @@ def main() -> None:
               f"agree {total['agree']}/{total['found']} "
               f"({total['agree'] / max(1, total['found']):.1%}), right {total['right']} vs alone {total['right_alone']}, "
               f"found {total['found']}/{total['segments']}")
+    for label, (found, total) in frame_totals.items():
+        print(f"FRAMES {label}: face found in {found}/{total} frames ({found / max(1, total):.1%})")
 
 
 if __name__ == "__main__":
