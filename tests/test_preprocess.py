@@ -116,3 +116,18 @@ def test_face_input_cuts_before_greying_with_the_same_pixels():
         square = padded[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
         want = cv2.resize(square, (48, 48), interpolation=cv2.INTER_AREA if side > 48 else cv2.INTER_LINEAR)
         np.testing.assert_array_equal(face_input(frame, box, 0.1, -0.1), want)
+
+
+def test_a_square_reaching_past_the_frame_repeats_its_edge_pixels():
+    """face_input's square at or past the frame's edge (or wholly outside it): every pixel is the
+    nearest pixel of the frame, as clipping the coordinates gives, in colour and in grey."""
+    from core.preprocess import _replicated
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (36, 64, 3), dtype=np.uint8)
+    for _ in range(300):
+        side, x0, y0 = int(rng.integers(1, 90)), int(rng.integers(-100, 100)), int(rng.integers(-100, 80))
+        rows = np.clip(np.arange(y0, y0 + side), 0, 35)
+        cols = np.clip(np.arange(x0, x0 + side), 0, 63)
+        for image in (frame, frame[:, :, 0]):
+            np.testing.assert_array_equal(_replicated(image, x0, y0, side), image[rows[:, None], cols[None, :]])
