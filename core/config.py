@@ -334,6 +334,7 @@ class DistillConfig:
     # Detector crops of the training faces (the fine-tune's cache, `emojimation finetune`): each
     # crop is learnt with its face's soft answer, so the student also answers steadily on crops.
     pairs: Path | None = None
+    crops_per_face: int = 1  # an epoch: every face once and this many of its crops, drawn anew each epoch
     out: Path = PROJECT_ROOT / "runs" / "distill"  # not models/: ship a result by copying it there
     epochs: int = 60
     batch_size: int = 64

@@ -80,3 +80,35 @@ def test_a_teacher_that_is_not_a_keras_model_is_one_line(tmp_path, fer_cache):
                      cache_dir=fer_cache, cwd=tmp_path)
     assert result.returncode == 1 and "a teacher must be a trained .keras model file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_epoch_takes_every_face_and_as_many_of_its_crops_drawn_anew():
+    from training.distill import epoch_crops
+
+    faces = np.array([0, 0, 0, 0, 1, 1, 2, 5, 5, 5, 5])  # each crop's face
+    seen = set()
+    for seed in range(40):
+        for per_face in (1, 2):
+            picked = epoch_crops(faces, per_face, np.random.default_rng(seed))
+            counts = np.bincount(faces[picked], minlength=6)
+            assert (counts == np.minimum(np.bincount(faces, minlength=6), per_face)).all()
+        seen |= set(epoch_crops(faces, 1, np.random.default_rng(seed)).tolist())
+    assert seen == set(range(len(faces)))  # over the epochs every crop is drawn
+
+
+def test_distill_learns_from_detector_crops(tmp_path, fer_cache, monkeypatch):
+    """With --pairs (the fine-tune's detector crops: here 2 Haar crops of each face), an epoch is
+    every training face plus one of its crops, and the run ends with a student."""
+    from emojimation.finetune import prepare_pairs
+
+    monkeypatch.setenv("EMOJIMATION_CACHE", str(fer_cache))
+    data = build_small_fer(tmp_path, {e: 8 for e in EMOTIONS})
+    pairs = prepare_pairs(data.split_root, "train", ["haar"], renders=2, seed=0, processes=1)
+    out = tmp_path / "out"
+    result = run_cli("distill", "--teachers", DEFAULT_MODEL_PATH, "--data", data.split_root, "--split", "train",
+                     "--out", out, "--epochs", 1, "--width", 8, "--batch-size", 32, "--average-last", 1,
+                     "--pairs", pairs, cache_dir=fer_cache, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    faces = 8 * len(EMOTIONS) - len(EMOTIONS)  # a hold-out of 5 %: one face per emotion at this size
+    assert f"on {faces} faces and {faces} of their {2 * faces} detector crops an epoch" in result.stdout, result.stdout
+    assert (out / "emojimation_cnn.tflite").exists()

@@ -37,9 +37,22 @@ from training.checkpoints import EpochCheckpoints
 from training.train import MODEL_FILENAME, append_history, class_weights, fit_temperature, trim_history
 
 # Settings a resumed run must share with the run it resumes (the rest only affect the end).
-RESUME_KEYS = ("teachers", "data", "split", "pairs", "epochs", "batch_size", "learning_rate", "weight_decay",
-               "warmup_epochs", "holdout_fraction", "class_weight_power", "soft_weight", "temperature",
+RESUME_KEYS = ("teachers", "data", "split", "pairs", "crops_per_face", "epochs", "batch_size", "learning_rate",
+               "weight_decay", "warmup_epochs", "holdout_fraction", "class_weight_power", "soft_weight", "temperature",
                "label_smoothing", "width", "seed", "limit")
+
+
+def epoch_crops(crop_faces: np.ndarray, per_face: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions in `crop_faces` (each crop's face) of up to `per_face` crops of every face, drawn
+    at random: an epoch sees every face and as many of its crops, not all 4 of them (2 renders x
+    2 detectors), which would make an epoch 5 times as long."""
+    shuffled = rng.permutation(len(crop_faces))
+    faces = crop_faces[shuffled]
+    by_face = np.argsort(faces, kind="stable")  # each face's crops together, in shuffled order
+    sorted_faces = faces[by_face]
+    first = np.searchsorted(sorted_faces, sorted_faces, side="left")
+    rank = np.arange(len(sorted_faces)) - first  # 0 for a face's first crop, 1 for its second ...
+    return np.sort(shuffled[by_face[rank < per_face]])
 
 
 def _resume_signature(config: DistillConfig) -> dict[str, str]:
@@ -119,11 +132,16 @@ def run(config: DistillConfig) -> Path:
 
     targets = soft_targets(teacher_logits(teachers, images, out, config.precision), config.temperature)
     train_images, train_labels, train_targets = images[train_idx], labels[train_idx], targets[train_idx]
+    faces_in_epoch = len(train_labels)
+    crop_faces = np.zeros((0,), np.int64)
     if pairs is not None:  # crops of training faces learn their face's soft target
         in_train = np.isin(pairs["index"], train_idx)
+        crop_faces = pairs["index"][in_train]
         train_images = np.concatenate([train_images, pairs["crops"][in_train]])
-        train_labels = np.concatenate([train_labels, labels[pairs["index"][in_train]]])
-        train_targets = np.concatenate([train_targets, targets[pairs["index"][in_train]]])
+        train_labels = np.concatenate([train_labels, labels[crop_faces]])
+        train_targets = np.concatenate([train_targets, targets[crop_faces]])
+    crops_in_epoch = len(epoch_crops(crop_faces, config.crops_per_face, np.random.default_rng(0)))
+    examples_per_epoch = faces_in_epoch + crops_in_epoch
 
     quiet_tensorflow()
     import keras
@@ -138,7 +156,7 @@ def run(config: DistillConfig) -> Path:
     bf16 = config.precision == "bfloat16" or (config.precision == "auto" and cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
     model = make_model(width=config.width)
-    steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
+    steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / 100,
         decay_steps=max(1, (config.epochs - config.warmup_epochs) * steps_per_epoch),
@@ -171,12 +189,16 @@ def run(config: DistillConfig) -> Path:
     trim_history(history_path, first_epoch - 1)
     hold_x = images[hold_idx][..., None].astype(np.float32)
     print(f"distilling {len(teachers)} teacher(s) into a width-{config.width} student"
-          f" ({model.count_params():,} parameters) on {len(train_labels)} examples, {steps_per_epoch} steps/epoch,"
+          f" ({model.count_params():,} parameters) on {faces_in_epoch} faces and {crops_in_epoch} of their"
+          f" {len(crop_faces)} detector crops an epoch, {steps_per_epoch} steps/epoch,"
           f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
 
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
+        rng = np.random.default_rng([config.seed, epoch])
+        examples = np.concatenate([np.arange(faces_in_epoch),
+                                   faces_in_epoch + epoch_crops(crop_faces, config.crops_per_face, rng)])
+        order = examples[rng.permutation(len(examples))]
         loss_sum = hits = 0.0
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
@@ -186,7 +208,7 @@ def run(config: DistillConfig) -> Path:
             hits += float(batch_hits)
         hold_pred = np.concatenate([model(hold_x[i:i + 512], training=False).numpy().argmax(1)
                                     for i in range(0, len(hold_x), 512)])
-        row = {"epoch": epoch, "loss": loss_sum / steps_per_epoch, "accuracy": hits / len(train_labels),
+        row = {"epoch": epoch, "loss": loss_sum / steps_per_epoch, "accuracy": hits / len(order),
                "holdout_accuracy": float((hold_pred == labels[hold_idx]).mean()),
                "learning_rate": float(schedule(optimizer.iterations)), "seconds": round(time.perf_counter() - started, 1)}
         append_history(history_path, row)
