@@ -47,8 +47,8 @@ from training.data import load_folder
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
-    """Every frame as BGR, decoded by ffmpeg (ingest sends I420 that the detector converts with OpenCV:
-    the same pixels for these BT.601 clips)."""
+    """Every frame as BGR, decoded by ffmpeg (ingest sends I420 that the detector converts with
+    OpenCV: within a level or two of these pixels)."""
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)

@@ -8,7 +8,10 @@ Wire form: a multipart message
            field, checked on decode (never pickle)
 
 `decode` raises `MessageError` with a one-line reason for anything malformed or of another
-protocol version; stages count and log those and keep running.
+protocol version; stages count and log those and keep running. Fields added later without a
+new protocol version (Frame's `still` and `pixels`) go on the wire only when not their default,
+so BGR video frames read the same as before; an older stage refuses a photo's or an I420 frame
+as malformed.
 """
 
 from __future__ import annotations

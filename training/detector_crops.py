@@ -47,7 +47,7 @@ class RenderSettings:
     jitter_shift_sd: float = 0.05  # and a centre shift, fraction of the side
     real_backgrounds: float = 0.5  # share of frames on a real picture's background (when some are given)
     light_gain: tuple[float, float] = (0.6, 1.3)  # the face's brightness, times
-    light_gradient: float = 0.4  # at most this much brighter on one side of the face than at its centre
+    light_gradient: float = 0.4  # brighter by up to this at an edge's middle than at the centre (x1.4 at a corner)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -83,7 +83,7 @@ def relight(face: np.ndarray, rng: np.random.Generator, settings: RenderSettings
     height, width = face.shape[:2]
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    ramp = (np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5)) * 2.0  # -1..1 across the face
+    ramp = (np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5)) * 2.0  # +-1 at the edges' middles
     light = rng.uniform(*settings.light_gain) * (1.0 + rng.uniform(-1, 1) * settings.light_gradient * ramp)
     return np.clip(face.astype(np.float32) * light, 0, 255).astype(np.uint8)
 
