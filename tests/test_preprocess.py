@@ -131,3 +131,25 @@ def test_a_square_reaching_past_the_frame_repeats_its_edge_pixels():
         cols = np.clip(np.arange(x0, x0 + side), 0, 63)
         for image in (frame, frame[:, :, 0]):
             np.testing.assert_array_equal(_replicated(image, x0, y0, side), image[rows[:, None], cols[None, :]])
+
+
+def test_an_i420_frame_group_gives_the_crops_its_bgr_frames_give():
+    """File frames reach the detector as I420 FrameGroups: the stage converts each frame once and
+    cuts the same crops (to a level or two of YUV rounding) as from the BGR frames they came from."""
+    from core.messages import FrameGroup
+    from detector.stage import handle
+
+    rng = np.random.default_rng(4)
+    coarse = rng.integers(0, 255, (3, 9, 16, 3), dtype=np.uint8)
+    bgr = np.stack([cv2.resize(c, (320, 180), interpolation=cv2.INTER_CUBIC) for c in coarse])  # smooth frames
+    i420 = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420)[:, :, None] for f in bgr])
+    boxes = [(40, 30, 96, 96), (250, 100, 90, 90)]  # the second reaches past the right edge
+    common = dict(stream="f", seq=1, frame_indices=np.arange(3), source_times=np.arange(3) / 10.0)
+    geometry = CropGeometry(0.1, -0.1)
+    from_i420 = handle(decode(encode(FrameGroup(images=i420, pixels="i420", **common))),
+                       ScheduledDetector(PlacedFaces(boxes), every=1), geometry, io=None)
+    from_bgr = handle(FrameGroup(images=bgr, **common), ScheduledDetector(PlacedFaces(boxes), every=1), geometry, io=None)
+    assert [f.seq for f in from_i420] == [1, 2, 3] and all(len(f.crops) == 2 for f in from_i420)
+    for a, b in zip(from_i420, from_bgr):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert np.abs(a.crops.astype(int) - b.crops.astype(int)).max() <= 6
