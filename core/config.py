@@ -113,8 +113,11 @@ class IngestConfig(StageLinks):
     # `window_mb` MB) and sent again when a stage restarts, or when nothing was stored for
     # `resend_after_s` (then twice as long). Measured (docs/benchmarks.md section 11): a window of
     # 64 frames cost 8 % of megamind.avi's frames/s (ingest waited for acks); 192 cost nothing.
+    # The byte bound is most of ingest's memory. With I420 frames, on the 60 s 1280x720 clip:
+    # 192 MB gave a peak of 1,133 MB for the whole run in 15.8 s, 128 MB 1,030 MB in 16.1 s, 96 MB
+    # 964 MB in 18.2 s (medians; 64 MB: 21 s); on the 640x360 clip 128 MB cost no time.
     window: int = 256
-    window_mb: float = 192.0
+    window_mb: float = 128.0
     # File runs: send a video's frames in FrameGroups of this many (the detection schedule's
     # unit: one detector worker follows the faces through a group, so results never depend on
     # which worker got which frames); 0 = one Frame message each (cameras, a stage run alone).

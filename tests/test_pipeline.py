@@ -286,7 +286,7 @@ def start_analyse(clip: Path, tmp_path: Path, marker: ProcessMarker) -> tuple[su
     """`emojimation analyse` on `clip`, every frame, into a store the test can watch. Ingest's
     resend window is cut to 16 MB (EMOJIMATION_WINDOW_MB, read by the ingest process): it then
     holds only some 45 frames not yet stored, so its ffmpeg is still decoding while the test
-    looks at the processes (the whole clip, 147 MB as I420, fits the default 192 MB)."""
+    looks at the processes (the whole clip, 147 MB as I420, nearly fits the default 128 MB)."""
     store = f"sqlite:///{tmp_path / 'run.db'}"
     process = subprocess.Popen(
         [sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--every-frame",
