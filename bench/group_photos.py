@@ -27,7 +27,8 @@ import numpy as np
 from bench.bench_worker_start import cpu_model, vector_flags
 from bench.photo_boxes import LABELS, picture
 from core.boxes import iou_matrix
-from detector.backends import CONFIRMERS, make_detector
+from core.preprocess import _replicated
+from detector.backends import make_detector
 from detector.search import StillSearch
 
 MATCH_IOU = 0.3
@@ -51,9 +52,7 @@ def real_faces() -> list[tuple[np.ndarray, float]]:
         x, y, w, h = (float(row[k]) for k in ("x", "y", "w", "h"))
         side = int(round(CONTEXT * max(w, h)))
         x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
-        rows_idx = np.clip(np.arange(y0, y0 + side), 0, image.shape[0] - 1)
-        cols_idx = np.clip(np.arange(x0, x0 + side), 0, image.shape[1] - 1)
-        faces.append((image[rows_idx[:, None], cols_idx[None, :]], max(w, h) / side))
+        faces.append((_replicated(image, x0, y0, side), max(w, h) / side))  # face_input's own padding
     return faces
 
 
@@ -156,7 +155,7 @@ def main() -> None:
     for name in args.detectors:
         detector = make_detector(name)
         modes = {"one pass (video)": detector.detect,
-                 "still search": StillSearch(detector, lambda n=name: make_detector(CONFIRMERS[n]))}
+                 "still search": StillSearch.for_detector(name, detector)}
         for mode, detect in modes.items():
             hits_by_size: dict[str, list[bool]] = defaultdict(list)
             cut_hits, false, seconds = [], 0, []

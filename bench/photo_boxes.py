@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.synthetic import SHARED_DATA
 from core.boxes import iou_matrix
-from detector.backends import CONFIRMERS, make_detector
+from detector.backends import make_detector
 from detector.search import StillSearch
 
 LABELS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "face_boxes.csv"
@@ -76,7 +76,7 @@ def main() -> None:
     for name in ("blazeface", "blazeface-full", "haar"):
         detector = make_detector(name)
         modes = {"one pass (video)": detector.detect,
-                 "still (photos)": StillSearch(detector, lambda n=name: make_detector(CONFIRMERS[n]))}
+                 "still (photos)": StillSearch.for_detector(name, detector)}
         for mode, detect in modes.items():
             found = false = 0
             for _name, image, truth in pictures:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -107,9 +107,12 @@ def ssd_anchors(input_size: int, strides: list[int], anchors_per_layer: int) -> 
     return np.asarray(centres, np.float32)
 
 
-def suppress_overlaps(boxes: np.ndarray, scores: np.ndarray, iou: float, contained: float = 0.4) -> np.ndarray:
+def suppress_overlaps(boxes: np.ndarray, scores: np.ndarray, iou: float, contained: float = 0.4,
+                      accept: Callable[[int], bool] | None = None) -> np.ndarray:
     """Indices kept by score-ordered NMS that also drops a box mostly inside a better one
-    (a face cut by a tile's edge gives a partial box that plain IoU lets through)."""
+    (a face cut by a tile's edge gives a partial box that plain IoU lets through). With `accept`,
+    a box that overlaps no kept one is kept only if accept(index) says so, and a refused box
+    suppresses nothing (a false box must not remove the true face it overlaps)."""
     kept: list[int] = []
     area = boxes[:, 2] * boxes[:, 3]
     for i in np.argsort(-scores):
@@ -118,7 +121,8 @@ def suppress_overlaps(boxes: np.ndarray, scores: np.ndarray, iou: float, contain
         if np.any(inter / np.maximum(union, 1e-6) > iou) or \
                 np.any(inter / np.maximum(np.minimum(area[i], area[kept]), 1e-6) > contained):
             continue
-        kept.append(int(i))
+        if accept is None or accept(int(i)):
+            kept.append(int(i))
     return np.asarray(kept, dtype=int)
 
 

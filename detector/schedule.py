@@ -31,7 +31,7 @@ import numpy as np
 
 from core.boxes import iou_matrix
 from detector.backends import FaceDetector, shrink
-from detector.search import search_window
+from detector.search import confirmed, search_window
 
 THUMB_WIDTH = 64
 # A thumbnail pixel "changed" when its grey level moved by more than this (0-255; the thumbnail
@@ -117,7 +117,7 @@ class ScheduledDetector:
         # a "track" with holes.
         if (scores < CONFIRM_BELOW).any():
             keep = [i for i in range(len(boxes))
-                    if scores[i] >= CONFIRM_BELOW or search_window(self.detector, image, boxes[i])[0] is not None]
+                    if scores[i] >= CONFIRM_BELOW or confirmed(self.detector, image, boxes[i])]
             boxes, scores = boxes[keep].reshape(-1, 4), scores[keep]
         velocity = np.zeros_like(boxes)
         if state is not None and len(boxes) and len(state.detected) and frame_index > state.detected_at:

@@ -13,7 +13,7 @@ from core.config import DetectorConfig
 from core.messages import End, Faces, Frame, FrameGroup, Message, header
 from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, CropGeometry, face_input
 from core.runtime import StageIO, running
-from detector.backends import CONFIRMERS, make_detector
+from detector.backends import make_detector
 from detector.schedule import ScheduledDetector
 from detector.search import StillSearch
 
@@ -75,7 +75,7 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     cv2.setNumThreads(config.threads)
     backend = make_detector(config.detector, config.min_score, config.min_face, config.threads)
     detector = ScheduledDetector(backend, config.detect_every)
-    still_search = StillSearch(backend, lambda: make_detector(CONFIRMERS[config.detector], threads=config.threads))
+    still_search = StillSearch.for_detector(config.detector, backend, config.threads)
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:
         geometry = CropGeometry(config.margin, geometry.shift_y)
