@@ -53,6 +53,8 @@ def process_name(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
+    if len([part for part in argv if part]) == 1:  # a forked stage's title (emojimation.zygote): one string
+        argv = argv[0].split()
     if not argv[0]:
         return ""
     if b"-m" in argv[:-1]:

@@ -62,8 +62,9 @@ def throughput(tree: Path, work: Path, acks: bool = True) -> float:
     return summary["inputs"][0]["frames_analysed"] / summary["elapsed_s"]
 
 
-def stage_pids(parent: int, stage: str) -> list[int]:
-    pids = []
+def stage_pids(supervisor: int, stage: str) -> list[int]:
+    """The pids of `stage`'s processes: the supervisor's grandchildren, forked by its zygote."""
+    processes: dict[int, tuple[int, list[bytes]]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -71,9 +72,9 @@ def stage_pids(parent: int, stage: str) -> list[int]:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            if ppid == parent and stage.encode() in argv[1:4]:
-                pids.append(int(entry.name))
-    return sorted(pids)
+            processes[int(entry.name)] = (ppid, argv[0].split() if len([a for a in argv if a]) == 1 else argv)
+    zygotes = {pid for pid, (ppid, argv) in processes.items() if ppid == supervisor and b"emojimation.zygote" in argv}
+    return sorted(pid for pid, (ppid, argv) in processes.items() if ppid in zygotes and stage.encode() in argv[1:4])
 
 
 def stored(store: str) -> int:

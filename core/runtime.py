@@ -100,17 +100,17 @@ def setup_logging(level: str = "INFO", process_name: str = "", log_format: str =
     for noisy in ("tensorflow", "absl", "keras", "h5py", "matplotlib", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     faulthandler.enable(sys.stderr)
-    if process_name:
-        try:
-            import setproctitle  # optional: nicer `ps` output
 
-            setproctitle.setproctitle(process_name)
-        except ImportError:
-            pass
+
+# The read end of the pipe Python writes a byte to when a signal arrives (signal.set_wakeup_fd):
+# StageIO.receive waits on it beside its input, so a stop ends a wait at once instead of at its
+# timeout (a file run's stages then exit about 0.2 s sooner). -1: not set up.
+_signal_wakeup = -1
 
 
 def stop_event_on_signals() -> threading.Event:
     """SIGINT/SIGTERM set the returned event; stage loops poll it and exit cleanly."""
+    global _signal_wakeup
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
@@ -118,6 +118,12 @@ def stop_event_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if _signal_wakeup < 0:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        _signal_wakeup = wake_read
     return stop
 
 
@@ -163,6 +169,7 @@ class StageIO:
         self.acks: zmq.Socket | None = None  # file runs: ingest's PULL (bound), the aggregator's PUSH
         self.security: LinkSecurity | None = None
         self.last_beat = 0.0
+        self._poller: zmq.Poller | None = None  # the input and the signal wake-up (_input_ready)
         try:
             self.security = LinkSecurity(self.context, stage, curve_dir, on_refused=self.counters.reject,
                                          insecure=insecure)
@@ -231,10 +238,29 @@ class StageIO:
             self.last_beat = now
             self.report(StatusEvent.HEARTBEAT)
 
+    def _input_ready(self, timeout_ms: int) -> bool:
+        """Wait up to `timeout_ms` for input; a signal (a stop) ends the wait at once."""
+        if self.input is None:
+            return False
+        if _signal_wakeup < 0:
+            return bool(self.input.poll(timeout_ms))
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            self._poller.register(self.input, zmq.POLLIN)
+            self._poller.register(_signal_wakeup, zmq.POLLIN)
+        events = dict(self._poller.poll(timeout_ms))
+        if _signal_wakeup in events:
+            try:
+                while os.read(_signal_wakeup, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        return self.input in events
+
     def receive(self, timeout_ms: int = 200) -> Message | None:
         """The next valid message, or None on timeout; malformed input is counted and dropped."""
         self.beat()
-        if self.input is None or not self.input.poll(timeout_ms):
+        if not self._input_ready(timeout_ms):
             return None
         frames = self.input.recv_multipart(copy=False)  # arrays view the received buffers (no copy)
         self.counters.received += 1
@@ -251,7 +277,7 @@ class StageIO:
     def receive_raw(self, timeout_ms: int = 200) -> list[zmq.Frame] | None:
         """The next message's frames undecoded (for the relay), or None on timeout."""
         self.beat()
-        if self.input is None or not self.input.poll(timeout_ms):
+        if not self._input_ready(timeout_ms):
             return None
         frames = self.input.recv_multipart(copy=False)
         self.counters.received += 1

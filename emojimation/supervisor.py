@@ -10,7 +10,6 @@ gone when `stop()` returns.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from core.messages import Status, StatusEvent
 from core.process import stage_command
 from core.runtime import receive_waiting
 from core.store import Store
+from emojimation.zygote import ForkedProcess, Zygote
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def free_tcp_address() -> str:
 class Child:
     name: str
     args: list[str]
-    process: subprocess.Popen | None = None
+    process: ForkedProcess | None = None
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
     inherit_output: bool = False
@@ -93,6 +93,7 @@ class Supervisor:
         inherited = {k: v for k, v in os.environ.items() if k not in PER_STAGE_ENVIRONMENT}
         self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1",
                     "PYTHONUNBUFFERED": "1"}
+        self.zygote = Zygote(self.env)
 
     def address(self, name: str) -> str:
         if self.transport == "tcp":
@@ -113,18 +114,11 @@ class Supervisor:
         return child
 
     def _start(self, child: Child) -> None:
-        environment = {**self.env, **child.env}
+        """Fork the child from the zygote (emojimation.zygote says why), its output appended to
+        its log file in the work folder, or with `inherit_output` to this process's stderr."""
         child.last_seen, child.reported = time.monotonic(), False
-        die_with_us = functools.partial(_die_with_parent, os.getpid())
-        if child.inherit_output:
-            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             env=environment, start_new_session=True, preexec_fn=die_with_us)
-            return
-        child.log_path = self.work_dir / f"{child.name}.log"
-        with child.log_path.open("ab") as log:
-            child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=environment, start_new_session=True,
-                                             preexec_fn=die_with_us)
+        child.log_path = None if child.inherit_output else self.work_dir / f"{child.name}.log"
+        child.process = self.zygote.start(child.args, {**self.env, **child.env}, child.log_path)
 
     def respawn(self, child: Child) -> None:
         """Start a stage that died again, with the same arguments and addresses (it learns how
@@ -192,6 +186,7 @@ class Supervisor:
             if in_main_thread else {}
         try:
             self.stop()
+            self.zygote.close()
             self.status_socket.close()
             self.context.term()
         finally:
@@ -242,23 +237,6 @@ def record_event(store_url: str, kind: str, message: str, source_id: int | None 
             store.add_event(source_id, kind, message, data)
     except (EmojimationError, OSError, *database_errors()) as error:
         logger.warning("could not record the %s event: %s", kind, error)
-
-
-def _die_with_parent(supervisor_pid: int) -> None:
-    """In the child before exec: SIGTERM it when the supervisor dies, however it dies (Linux).
-
-    If the supervisor died between the fork and the prctl call (a SIGKILL at that instant: seen
-    under heavy load, when a restart and the kill coincide), no signal will ever come: the
-    child's parent is already another process, so it exits at once instead of living on."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != supervisor_pid:
-        os._exit(1)
 
 
 def describe_death(child: Child) -> str:

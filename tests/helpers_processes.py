@@ -41,6 +41,8 @@ def _read_process(pid: int) -> tuple[bytes, MarkedProcess] | None:
         stat = (folder / "stat").read_text()
         comm = (folder / "comm").read_text().strip()
         argv = tuple(part.decode(errors="replace") for part in (folder / "cmdline").read_bytes().split(b"\0") if part)
+        if len(argv) == 1:  # a forked stage's title (emojimation.zygote) is one string: split it
+            argv = tuple(argv[0].split())
     except OSError:  # gone meanwhile, or not ours to read
         return None
     ppid = int(stat.rsplit(")", 1)[1].split()[1])

@@ -137,6 +137,36 @@ def test_chaos_killed_and_hung_stages_lose_nothing(clips, tmp_path):
     assert {"stage-restarted", "stage-hung"} <= kinds, kinds
 
 
+def test_killed_zygote_loses_nothing(clips, tmp_path):
+    """The stages are forked by one zygote process (emojimation.zygote): SIGKILL it mid-run and
+    every stage goes with it; the supervisor starts a new zygote and the stages again, and the
+    run exits 0 with an undisturbed run's outputs, leaving no process."""
+    clip, expected = clips["long"]
+    marker = ProcessMarker()
+    store = f"sqlite:///{tmp_path}/zygote.db"
+    process = subprocess.Popen(command(clip, tmp_path / "out", store), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=marker.env(EMOJIMATION_HOME=str(tmp_path)))
+    try:
+        while stored_frames(store) < 200 and process.poll() is None:
+            time.sleep(0.1)
+        [zygote] = [p for p in marker.processes() if p.ppid == process.pid and "emojimation.zygote" in p.argv]
+        stages = [p for p in marker.processes() if p.ppid == zygote.pid]
+        assert {stage for p in stages for stage in VICTIMS if stage in p.argv} == set(VICTIMS), [str(p) for p in stages]
+        os.kill(zygote.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        marker.kill_all()
+    assert process.returncode == 0, stderr[-3000:]
+    marker.assert_none_left(what="after the zygote was killed")
+    assert_same_outputs(tmp_path / "out", expected)
+    assert_no_duplicate_rows(store)
+    with Store(store) as opened:
+        restarted = opened.events().query("kind == 'stage-restarted'")
+    assert len(restarted) >= len(VICTIMS), restarted
+
+
 @pytest.mark.parametrize("kill_at, whole_tree", [(0.1, False), (0.5, True), (0.9, False)])
 def test_killed_run_resumes_to_the_same_outputs(clips, tmp_path, kill_at, whole_tree):
     """SIGKILL `analyse`'s process group (or every process of the run at once) at a point of the

@@ -34,7 +34,7 @@ import zmq
 from aggregator.alerts import WebhookSender
 from core.errors import DataError, redact_url
 from core.security import InsecureBindError, LinkSecurity, generate_keys, plain_bind_problem
-from core.store import Store, TrackRow
+from core.store import Store, StoreError, TrackRow
 from ingest.media import MAX_IMAGE_PIXELS, read_image
 from test_monitor import free_port, wait_for  # one copy of each helper
 
@@ -747,8 +747,11 @@ class Monitor:
     def camera(self, name: str) -> dict | None:
         if not self.db.exists():
             return None
-        with Store(f"sqlite:///{self.db}", migrate=False) as store:
-            sources = store.sources()
+        try:
+            with Store(f"sqlite:///{self.db}", migrate=False) as store:
+                sources = store.sources()
+        except StoreError:  # the file exists, its tables not yet: the monitor is still creating them
+            return None
         rows = sources[(sources.kind == "camera") & (sources.name == name)] if not sources.empty else sources
         return None if rows.empty else rows.iloc[0].to_dict()
 
