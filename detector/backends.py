@@ -14,15 +14,17 @@ from core.errors import ConfigError
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` resized to `size` (width, height) by area averaging: halved exactly while it is
-    at least twice too large (OpenCV's fast path for a 2:1 area resize), then resized the rest.
-    One INTER_AREA resize at another ratio takes OpenCV's generic path: 3.9 ms from 1280x720 to
-    228x128 against 1.2 ms this way, the same box filter up to the rounding of odd sizes."""
+    """`image` resized to `size` (width, height) for a detector: halved exactly by area averaging
+    while it is at least twice too large (OpenCV's fast path for a 2:1 area resize), then the
+    rest, less than 2:1, bilinearly. An INTER_AREA resize at another ratio takes OpenCV's
+    generic path: 3.9 ms from 1280x720 to 228x128 against 1.2 ms halving first; and the last
+    step bilinear instead of by area costs a 300-pixel window 0.09 ms instead of 0.33 (pixels
+    within about 1 level of 255 of the area filter's on average)."""
     width, height = size
     while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
         half_h, half_w = image.shape[0] // 2, image.shape[1] // 2
         image = cv2.resize(image[:2 * half_h, :2 * half_w], (half_w, half_h), interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
 class FaceDetector(Protocol):
