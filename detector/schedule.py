@@ -31,7 +31,7 @@ import numpy as np
 
 from core.boxes import iou_matrix
 from detector.backends import FaceDetector, shrink
-from detector.search import confirmed, search_window
+from detector.search import SAME_FACE_IOU, confirmed, search_window
 
 THUMB_WIDTH = 64
 # A thumbnail pixel "changed" when its grey level moved by more than this (0-255; the thumbnail
@@ -56,6 +56,12 @@ CONFIRM_BELOW = 0.6
 # at the frame's edge); with SEARCH_SCALE 2.5, 3 of 301 clear boxes (score 0.75 or more) were
 # lost by the search (2.0: 7, 1.5: 30) and none of 299 on WolfgangLanger_Pexels.mp4.
 LOST_FACE_SCORE = 0.75
+# A face being followed is searched for with this score threshold, lower than a full
+# detection's (0.5): the window is small and a face was in it a frame ago. Measured on the
+# frames of three composed clips where the pipeline had lost the pasted face, a window around
+# the face scored it 0.3 or more in 47 % of them (0.5 or more: 20 %); on the frames where it was
+# found, 96 % scored 0.3 or more (docs/benchmarks.md, section 10).
+FOLLOW_MIN_SCORE = 0.3
 
 
 @dataclass
@@ -67,6 +73,7 @@ class StreamState:
     velocity: np.ndarray  # (n, 4) per frame
     thumb: np.ndarray  # the grey thumbnail at the last full detection
     detected: np.ndarray  # the boxes the last full detection found (velocities are measured from them)
+    peak: np.ndarray  # (n,) each followed face's best score so far: a clear face outlives a missed detection
 
 
 class ScheduledDetector:
@@ -88,8 +95,8 @@ class ScheduledDetector:
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)
-        found = [search_window(self.detector, image, box) for box in predicted]
-        lost = [state.scores[i] for i, (box, _) in enumerate(found) if box is None]
+        found = [search_window(self.detector, image, box, min_score=FOLLOW_MIN_SCORE) for box in predicted]
+        lost = [state.peak[i] for i, (box, _) in enumerate(found) if box is None]
         if lost and max(lost) >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
             return (*self._full(stream, state, frame_index, image, thumb), True)
         # A weak box the search does not find again is dropped (most are false boxes, which a
@@ -98,6 +105,7 @@ class ScheduledDetector:
         boxes = np.asarray([found[i][0] for i in kept], np.float32).reshape(-1, 4)
         scores = np.asarray([found[i][1] for i in kept], np.float32)
         state.velocity = 0.5 * state.velocity[kept] + 0.5 * (boxes - state.boxes[kept]) / steps
+        state.peak = np.maximum(state.peak[kept], scores)
         state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
         return boxes.copy(), scores.copy(), False
 
@@ -119,7 +127,7 @@ class ScheduledDetector:
             keep = [i for i in range(len(boxes))
                     if scores[i] >= CONFIRM_BELOW or confirmed(self.detector, image, boxes[i])]
             boxes, scores = boxes[keep].reshape(-1, 4), scores[keep]
-        velocity = np.zeros_like(boxes)
+        velocity, peak = np.zeros_like(boxes), scores.copy()
         if state is not None and len(boxes) and len(state.detected) and frame_index > state.detected_at:
             # Each new box takes its velocity from its best-overlapping box of the last detection
             # (detection to detection: K frames apart, so one frame's jitter hardly counts).
@@ -127,10 +135,39 @@ class ScheduledDetector:
             best = overlap.argmax(axis=1)
             matched = overlap[np.arange(len(boxes)), best] > 0.3
             velocity[matched] = (boxes[matched] - state.detected[best[matched]]) / (frame_index - state.detected_at)
+        if state is not None and len(state.boxes) and frame_index > state.frame_index:
+            boxes, scores, velocity, peak = self._carry_missed(state, frame_index, image, boxes, scores,
+                                                               velocity, peak)
         if len(self.streams) >= self.max_streams and stream not in self.streams:
             self.streams.pop(next(iter(self.streams)))  # forget the oldest stream (live cameras come and go)
-        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes)
+        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes, peak)
         return boxes, scores
+
+    def _carry_missed(self, state: StreamState, frame_index: int, image: np.ndarray, boxes: np.ndarray,
+                      scores: np.ndarray, velocity: np.ndarray, peak: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Faces followed until now that this full detection missed, found again by a local
+        search where they should be, are kept (a detector misses a face now and then; without
+        this, the face was gone until the next full detection found it: K frames). Only faces
+        that once scored LOST_FACE_SCORE or more: a weak box must be found by the detection."""
+        predicted = _clip(state.boxes + state.velocity * (frame_index - state.frame_index), image.shape)
+        matched = iou_matrix(predicted, boxes).max(axis=1) >= SAME_FACE_IOU if len(boxes) else \
+            np.zeros(len(predicted), bool)
+        if len(boxes):  # a face found again keeps its best score
+            best = iou_matrix(boxes, predicted).argmax(axis=1)
+            again = iou_matrix(boxes, predicted).max(axis=1) >= SAME_FACE_IOU
+            peak[again] = np.maximum(peak[again], state.peak[best[again]])
+        carried = []
+        for i in np.flatnonzero(~matched & (state.peak >= LOST_FACE_SCORE)):
+            box, score = search_window(self.detector, image, predicted[i], min_score=FOLLOW_MIN_SCORE)
+            if box is not None:
+                carried.append((box, score, state.velocity[i], state.peak[i]))
+        if not carried:
+            return boxes, scores, velocity, peak
+        return (np.concatenate([boxes, np.asarray([c[0] for c in carried], np.float32)]),
+                np.concatenate([scores, np.asarray([c[1] for c in carried], np.float32)]),
+                np.concatenate([velocity, np.asarray([c[2] for c in carried], np.float32)]),
+                np.concatenate([peak, np.asarray([c[3] for c in carried], np.float32)]))
 
     def forget(self, stream: str) -> None:
         self.streams.pop(stream, None)

@@ -62,16 +62,17 @@ def window(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray | None:
                               cv2.BORDER_CONSTANT, value=0)
 
 
-def search_window(detector: FaceDetector, image: np.ndarray, box: np.ndarray,
-                  scale: float = SEARCH_SCALE) -> tuple[np.ndarray | None, float]:
+def search_window(detector: FaceDetector, image: np.ndarray, box: np.ndarray, scale: float = SEARCH_SCALE,
+                  min_score: float | None = None) -> tuple[np.ndarray | None, float]:
     """The detector on a square window `scale` times `box`'s longer side around it: the face's
-    box there (frame pixels) and score, or (None, 0) if no box there overlaps `box` enough."""
+    box there (frame pixels) and score, or (None, 0) if no box there overlaps `box` enough.
+    `min_score` overrides the detector's score threshold (None: its own)."""
     side = scale * float(max(box[2], box[3]))
     x0, y0 = int(round(box[0] + box[2] / 2 - side / 2)), int(round(box[1] + box[3] / 2 - side / 2))
     patch = window(image, x0, y0, max(1, int(round(side))))
     if patch is None:
         return None, 0.0
-    boxes, scores = detector.detect(patch)
+    boxes, scores = detector.detect(patch, min_score)
     if not len(boxes):
         return None, 0.0
     boxes = boxes + np.asarray([x0, y0, 0, 0], np.float32)

@@ -83,6 +83,28 @@ def test_carried_boxes_follow_a_moving_face(face):
     assert errors and max(errors) < 8.0, errors  # pixels, for a 160 px face
 
 
+@pytest.mark.parametrize("carry", [True, False])
+def test_a_followed_face_a_full_detection_misses_is_kept(face, monkeypatch, carry):
+    """A face shrinking from 160 to 80 pixels: followed by the local search, but at 80 pixels too
+    small for a full detection of the 640x360 frame (checked). At frame K the full detection
+    misses it and the local search, where the face should be, keeps it, in every frame after.
+    Without that (carry False: no face counts as once clear), it is lost from frame K on."""
+    if not carry:
+        monkeypatch.setattr(schedule, "LOST_FACE_SCORE", math.inf)
+    sizes = [160, 140, 122, 106, 92] + [80] * (K + 1)
+
+    def frame(size: int) -> np.ndarray:
+        return frame_with(face, x=300 + (160 - size) // 2, y=100 + (160 - size) // 2, size=size)
+
+    assert len(make_detector("blazeface").detect(frame(80))[0]) == 0  # the full detection misses it
+    detector = ScheduledDetector(make_detector("blazeface"), every=K)
+    runs = [detector.detect("s", i, frame(size)) for i, size in enumerate(sizes)]
+    assert [full for _, _, full in runs][:K + 1] == [True] + [False] * (K - 1) + [True]
+    found = [len(boxes) for boxes, _, _ in runs]
+    assert found[:K] == [1] * K
+    assert found[K:] == ([1] * (K + 1) if carry else [0] * (K + 1))
+
+
 def test_every_one_detects_every_frame(face):
     detector = ScheduledDetector(make_detector("blazeface"), every=1)
     assert all(detector.detect("s", i, frame_with(face))[2] for i in range(4))
