@@ -127,6 +127,15 @@ def stop_event_on_signals() -> threading.Event:
     return stop
 
 
+def _forget_signals() -> None:
+    """Empty the signal wake-up pipe."""
+    try:
+        while os.read(_signal_wakeup, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def receive_waiting(sock: zmq.Socket, timeout_ms: int, malformed: Callable[[MessageError], None]) -> list[Message]:
     """Every message waiting on `sock`, after waiting up to `timeout_ms` for the first; what
     cannot be decoded goes to `malformed` (side channels: status reports, acknowledgements)."""
@@ -239,7 +248,9 @@ class StageIO:
             self.report(StatusEvent.HEARTBEAT)
 
     def _input_ready(self, timeout_ms: int) -> bool:
-        """Wait up to `timeout_ms` for input; a signal (a stop) ends the wait at once."""
+        """Wait up to `timeout_ms` for input; a signal arriving meanwhile (a stop) ends the wait
+        at once. Signals from before the wait are forgotten first: the loop has checked its stop
+        event since, and a stale wake-up would cut a stopping stage's last drain short."""
         if self.input is None:
             return False
         if _signal_wakeup < 0:
@@ -248,14 +259,8 @@ class StageIO:
             self._poller = zmq.Poller()
             self._poller.register(self.input, zmq.POLLIN)
             self._poller.register(_signal_wakeup, zmq.POLLIN)
-        events = dict(self._poller.poll(timeout_ms))
-        if _signal_wakeup in events:
-            try:
-                while os.read(_signal_wakeup, 512):
-                    pass
-            except BlockingIOError:
-                pass
-        return self.input in events
+        _forget_signals()
+        return self.input in dict(self._poller.poll(timeout_ms))
 
     def receive(self, timeout_ms: int = 200) -> Message | None:
         """The next valid message, or None on timeout; malformed input is counted and dropped."""

@@ -62,6 +62,10 @@ LOST_FACE_SCORE = 0.75
 # the face scored it 0.3 or more in 47 % of them (0.5 or more: 20 %); on the frames where it was
 # found, 96 % scored 0.3 or more (docs/benchmarks.md, section 10).
 FOLLOW_MIN_SCORE = 0.3
+# A followed face that full detections miss is kept by a local search through at most this many
+# of them in a row (then a detection must find it again): a face leaving the picture must not
+# leave a box behind on whatever the search keeps finding at the low threshold.
+MAX_MISSED_DETECTIONS = 2
 
 
 @dataclass
@@ -74,6 +78,7 @@ class StreamState:
     thumb: np.ndarray  # the grey thumbnail at the last full detection
     detected: np.ndarray  # the boxes the last full detection found (velocities are measured from them)
     peak: np.ndarray  # (n,) each followed face's best score so far: a clear face outlives a missed detection
+    missed: np.ndarray  # (n,) full detections in a row that missed the face (it was kept by a search)
 
 
 class ScheduledDetector:
@@ -106,6 +111,7 @@ class ScheduledDetector:
         scores = np.asarray([found[i][1] for i in kept], np.float32)
         state.velocity = 0.5 * state.velocity[kept] + 0.5 * (boxes - state.boxes[kept]) / steps
         state.peak = np.maximum(state.peak[kept], scores)
+        state.missed = state.missed[kept]
         state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
         return boxes.copy(), scores.copy(), False
 
@@ -127,7 +133,7 @@ class ScheduledDetector:
             keep = [i for i in range(len(boxes))
                     if scores[i] >= CONFIRM_BELOW or confirmed(self.detector, image, boxes[i])]
             boxes, scores = boxes[keep].reshape(-1, 4), scores[keep]
-        velocity, peak = np.zeros_like(boxes), scores.copy()
+        velocity, peak, missed = np.zeros_like(boxes), scores.copy(), np.zeros(len(boxes), np.int32)
         if state is not None and len(boxes) and len(state.detected) and frame_index > state.detected_at:
             # Each new box takes its velocity from its best-overlapping box of the last detection
             # (detection to detection: K frames apart, so one frame's jitter hardly counts).
@@ -136,38 +142,44 @@ class ScheduledDetector:
             matched = overlap[np.arange(len(boxes)), best] > 0.3
             velocity[matched] = (boxes[matched] - state.detected[best[matched]]) / (frame_index - state.detected_at)
         if state is not None and len(state.boxes) and frame_index > state.frame_index:
-            boxes, scores, velocity, peak = self._carry_missed(state, frame_index, image, boxes, scores,
-                                                               velocity, peak)
+            boxes, scores, velocity, peak, missed = self._carry_missed(state, frame_index, image, boxes, scores,
+                                                                       velocity, peak)
         if len(self.streams) >= self.max_streams and stream not in self.streams:
             self.streams.pop(next(iter(self.streams)))  # forget the oldest stream (live cameras come and go)
-        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes, peak)
+        self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes, peak,
+                                           missed)
         return boxes, scores
 
     def _carry_missed(self, state: StreamState, frame_index: int, image: np.ndarray, boxes: np.ndarray,
                       scores: np.ndarray, velocity: np.ndarray, peak: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Faces followed until now that this full detection missed, found again by a local
         search where they should be, are kept (a detector misses a face now and then; without
         this, the face was gone until the next full detection found it: K frames). Only faces
-        that once scored LOST_FACE_SCORE or more: a weak box must be found by the detection."""
+        that once scored LOST_FACE_SCORE or more (a weak box must be found by the detection),
+        through MAX_MISSED_DETECTIONS detections in a row, and never a second box on a face the
+        detection found. Returns boxes, scores, velocities, peaks and missed counts."""
         predicted = _clip(state.boxes + state.velocity * (frame_index - state.frame_index), image.shape)
-        matched = iou_matrix(predicted, boxes).max(axis=1) >= SAME_FACE_IOU if len(boxes) else \
-            np.zeros(len(predicted), bool)
-        if len(boxes):  # a face found again keeps its best score
-            best = iou_matrix(boxes, predicted).argmax(axis=1)
-            again = iou_matrix(boxes, predicted).max(axis=1) >= SAME_FACE_IOU
+        overlap = iou_matrix(boxes, predicted) if len(boxes) else np.zeros((0, len(predicted)), np.float32)
+        again = overlap.max(axis=1) >= SAME_FACE_IOU if len(predicted) else np.zeros(len(boxes), bool)
+        if again.any():  # a face found again keeps its best score
+            best = overlap.argmax(axis=1)
             peak[again] = np.maximum(peak[again], state.peak[best[again]])
+        missed = np.zeros(len(boxes), np.int32)
+        matched = overlap.max(axis=0) >= SAME_FACE_IOU if len(boxes) else np.zeros(len(predicted), bool)
         carried = []
-        for i in np.flatnonzero(~matched & (state.peak >= LOST_FACE_SCORE)):
+        for i in np.flatnonzero(~matched & (state.peak >= LOST_FACE_SCORE) & (state.missed < MAX_MISSED_DETECTIONS)):
             box, score = search_window(self.detector, image, predicted[i], min_score=FOLLOW_MIN_SCORE)
-            if box is not None:
-                carried.append((box, score, state.velocity[i], state.peak[i]))
+            if box is not None and not (len(boxes) and iou_matrix(box[None], boxes).max() >= SAME_FACE_IOU):
+                carried.append((box, score, state.velocity[i], state.peak[i], state.missed[i] + 1))
         if not carried:
-            return boxes, scores, velocity, peak
-        return (np.concatenate([boxes, np.asarray([c[0] for c in carried], np.float32)]),
-                np.concatenate([scores, np.asarray([c[1] for c in carried], np.float32)]),
-                np.concatenate([velocity, np.asarray([c[2] for c in carried], np.float32)]),
-                np.concatenate([peak, np.asarray([c[3] for c in carried], np.float32)]))
+            return boxes, scores, velocity, peak, missed
+        columns = list(zip(*carried))
+        return (np.concatenate([boxes, np.asarray(columns[0], np.float32).reshape(-1, 4)]),
+                np.concatenate([scores, np.asarray(columns[1], np.float32)]),
+                np.concatenate([velocity, np.asarray(columns[2], np.float32).reshape(-1, 4)]),
+                np.concatenate([peak, np.asarray(columns[3], np.float32)]),
+                np.concatenate([missed, np.asarray(columns[4], np.int32)]))
 
     def forget(self, stream: str) -> None:
         self.streams.pop(stream, None)

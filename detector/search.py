@@ -72,7 +72,7 @@ def search_window(detector: FaceDetector, image: np.ndarray, box: np.ndarray, sc
     patch = window(image, x0, y0, max(1, int(round(side))))
     if patch is None:
         return None, 0.0
-    boxes, scores = detector.detect(patch, min_score)
+    boxes, scores = detector.detect(patch, min_score=min_score)
     if not len(boxes):
         return None, 0.0
     boxes = boxes + np.asarray([x0, y0, 0, 0], np.float32)

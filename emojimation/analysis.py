@@ -264,15 +264,18 @@ def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: 
                           on_progress=bar.update, store_url=config.store or default_store_url(),
                           heartbeat_timeout_s=config.heartbeat_timeout_s,
                           budget=RestartBudget(limit=config.restart_limit))
+            # The tables are written with pandas once the run ends; importing it (about 0.3 s)
+            # while the stages work, on a core they leave idle, takes that off the wall time.
+            importer = threading.Thread(target=importlib.import_module, args=("emojimation.results",),
+                                        name="import-results", daemon=True)
             try:
                 run.start()
-                # The tables are written with pandas once the run ends; importing it (about 0.3 s)
-                # while the stages work, on a core they leave idle, takes that off the wall time.
-                threading.Thread(target=importlib.import_module, args=("emojimation.results",),
-                                 name="import-results", daemon=True).start()
+                importer.start()
                 results = run.wait(config.stall_timeout_s)
             finally:
                 bar.close()
+                if importer.is_alive():
+                    importer.join()  # no second import of pandas from this thread while it runs
     bar.close()
     finished = {r.path: r for r in results}
     done, failed = [], []

@@ -108,7 +108,10 @@ class Supervisor:
         reads the stages' logs)."""
         argv, env = stage_command(module, config)
         child = Child(name, [sys.executable, *argv, "--log-level", log_level], env=env, inherit_output=inherit_output)
-        self._start(child)
+        try:
+            self._start(child)
+        except OSError as error:
+            raise PipelineError(str(error)) from None
         self.children.append(child)
         logger.debug("started %s (pid %d): %s", name, child.process.pid, " ".join(argv))
         return child
@@ -125,7 +128,10 @@ class Supervisor:
         many times it was restarted, a metric)."""
         child.restarts += 1
         child.env = {**child.env, "EMOJIMATION_RESTARTS": str(child.restarts)}
-        self._start(child)
+        try:
+            self._start(child)
+        except OSError as error:  # it stays dead: the next check restarts it again, within the budget
+            logger.warning("could not restart %s: %s", child.name, error)
 
     def kill_hung(self, timeout_s: float) -> list[Child]:
         """SIGKILL the children silent for `timeout_s` (see hung_children) and reap them; returns them."""
@@ -176,7 +182,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 logger.warning("%s did not stop in %.0f s; killing it", child.name, STOP_GRACE_S)
                 child.process.kill()
-                child.process.wait()
+                try:
+                    child.process.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:  # its exit was never reported (the zygote is stuck)
+                    logger.error("%s (pid %d) did not report its end after SIGKILL", child.name, child.process.pid)
 
     def close(self) -> None:
         """Stop every child and remove the work folder; a second Ctrl-C or SIGTERM cannot cut
@@ -242,5 +251,7 @@ def record_event(store_url: str, kind: str, message: str, source_id: int | None 
 def describe_death(child: Child) -> str:
     code = child.process.returncode if child.process else None
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    if child.process is not None and child.process.cause:
+        how = child.process.cause
     detail = child.last_log_line()
     return f"{child.name} stopped unexpectedly ({how})" + (f": {detail}" if detail else "")

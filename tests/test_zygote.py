@@ -18,9 +18,11 @@ from emojimation.zygote import Zygote
 from helpers_processes import ProcessMarker
 
 CHILD = '''
-import json, os, sys, time
+import json, os, signal, sys, time
 report = {"argv": sys.argv[1:], "name": __name__, "setting": os.environ.get("CHILD_SETTING"),
-          "own_session": os.getsid(0) == os.getpid(), "title": open("/proc/self/cmdline", "rb").read().decode()}
+          "own_session": os.getsid(0) == os.getpid(), "title": open("/proc/self/cmdline", "rb").read().decode(),
+          "signals": {name: repr(signal.getsignal(getattr(signal, name)))
+                      for name in ("SIGPIPE", "SIGINT", "SIGTERM", "SIGCHLD", "SIGHUP")}}
 print("to the log")
 print("an error line", file=sys.stderr)
 open(os.environ["CHILD_REPORT"], "w").write(json.dumps(report))
@@ -51,6 +53,11 @@ def test_a_forked_child_is_the_module_run_as_main(zygote, tmp_path):
     assert seen["own_session"]
     assert seen["title"].rstrip("\0") == "python -m probe_child exit 3"
     assert log.read_text().splitlines() == ["to the log", "an error line"]
+    # the signal settings `python -m` gives a process (SIGPIPE ignored, Ctrl-C as KeyboardInterrupt)
+    direct = tmp_path / "direct.json"
+    subprocess.run([sys.executable, "-m", "probe_child", "exit", "0"], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "CHILD_REPORT": str(direct)})
+    assert seen["signals"] == json.loads(direct.read_text())["signals"]
 
 
 def test_kill_and_terminate_report_the_signal(zygote, tmp_path):
@@ -76,9 +83,38 @@ def test_children_end_with_the_zygote(zygote, tmp_path):
     deadline = time.monotonic() + 30
     while not (tmp_path / "report.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(started.process.pid, signal.SIGKILL)
+    os.kill(started.server.process.pid, signal.SIGKILL)
     assert child.wait(10) is not None
     assert not marker.wait_gone(10)
     again = started.start([sys.executable, "-m", "probe_child", "exit", "0"],
                           {**os.environ, "CHILD_REPORT": str(tmp_path / "again.json")}, tmp_path / "d.log")
     assert again.wait(30) == 0  # a new zygote was started for it
+
+
+def test_a_zygote_dying_during_a_start_is_an_error_then_replaced(zygote, tmp_path):
+    """The zygote stopped, asked to start a stage, then killed: the start fails with OSError
+    (the supervisor turns it into a restart or a one-line error), and the next start works
+    through a new zygote."""
+    import threading
+
+    started, _ = zygote
+    environment = {**os.environ, "CHILD_REPORT": str(tmp_path / "report.json")}
+    assert started.start([sys.executable, "-m", "probe_child", "exit", "0"], environment, tmp_path / "a.log").wait(30) == 0
+    first = started.server.process.pid
+    os.kill(first, signal.SIGSTOP)
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            started.start([sys.executable, "-m", "probe_child", "exit", "0"], environment, tmp_path / "b.log")
+        except OSError as error:
+            failure.append(error)
+
+    waiting = threading.Thread(target=start)
+    waiting.start()
+    time.sleep(0.5)
+    os.kill(first, signal.SIGKILL)
+    waiting.join(30)
+    assert not waiting.is_alive() and len(failure) == 1 and "died" in str(failure[0]), failure
+    assert started.start([sys.executable, "-m", "probe_child", "exit", "0"], environment, tmp_path / "c.log").wait(30) == 0
+    assert started.server.process.pid != first
