@@ -1,8 +1,12 @@
 """`emojimation analyse --every-frame` against fer's `Video.analyze` on the same files.
 
 Each case is a fresh process (tree), timed wall-clock, with CPU time from the kernel's
-accounting of the whole tree and peak memory as the largest sum of the tree's resident
-sets (sampled every 50 ms). Cases are interleaved round by round; medians are reported.
+accounting of the whole tree and peak memory sampled every 50 ms two ways: the largest sum of
+the tree's resident sets (RSS: a page shared by several processes counts in each), and the
+largest sum of their proportional set sizes (PSS: a shared page counts once in all, split
+among its sharers; what the tree takes from the machine). Cases are interleaved round by
+round; medians are reported. `--old-tree DIR` adds our pipeline from another checkout (run
+with PYTHONPATH=DIR), interleaved with the rest, to compare two versions side by side.
 
     .venv/bin/python -m bench.bench_analyse --rounds 3
 """
@@ -64,8 +68,20 @@ def process_name(pid: int) -> str:
         Path(argv[min(1, len(argv) - 1)].decode()).name
 
 
-def tree_sample(root_pid: int) -> tuple[int, dict[int, float]]:
-    """Sum of resident memory of a process and all its descendants, and each one's CPU seconds so far."""
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size (0 if it is gone or unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_sample(root_pid: int) -> tuple[int, dict[int, float], int]:
+    """Sum of resident memory of a process and all its descendants, each one's CPU seconds so
+    far, and the sum of their proportional set sizes."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -80,30 +96,32 @@ def tree_sample(root_pid: int) -> tuple[int, dict[int, float]]:
             cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
-    total, frontier, seen = 0, [root_pid], {}
+    total, frontier, seen, pss = 0, [root_pid], {}, 0
     while frontier:
         pid = frontier.pop()
         total += rss.get(pid, 0)
+        pss += pss_bytes(pid)
         seen[pid] = cpu.get(pid, 0.0)
         frontier += [child for child, parent in parents.items() if parent == pid]
-    return total, seen
+    return total, seen, pss
 
 
 def tree_rss_bytes(root_pid: int) -> int:
     return tree_sample(root_pid)[0]
 
 
-def measure(command: list[str], cwd: Path) -> dict:
+def measure(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = [0]
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=env)
+    peak, peak_pss = [0], [0]
     cpu: dict[int, float] = {}  # the last CPU seconds seen per process (sampled: the last 50 ms are missed)
     names: dict[int, str] = {}
 
     def sample() -> None:
         while process.poll() is None:
-            rss, seen = tree_sample(process.pid)
-            peak[0] = max(peak[0], rss)
+            rss, seen, pss = tree_sample(process.pid)
+            peak[0], peak_pss[0] = max(peak[0], rss), max(peak_pss[0], pss)
             cpu.update(seen)
             for pid in seen:  # read each time: a child just forked still shows its parent's command
                 name = process_name(pid)
@@ -123,6 +141,7 @@ def measure(command: list[str], cwd: Path) -> dict:
     for pid, seconds in cpu.items():
         by_role[names.get(pid, "?")] = by_role.get(names.get(pid, "?"), 0.0) + seconds
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak[0] / 2**20,
+            "peak_pss_mb": peak_pss[0] / 2**20,
             "stdout": stdout, "cpu_by_process": {k: round(v, 2) for k, v in sorted(by_role.items())}}
 
 
@@ -135,6 +154,8 @@ def main() -> None:
     parser.add_argument("--videos", nargs="+", choices=["megamind", "wolfgang", "720p"],
                         default=["megamind", "wolfgang", "720p"], help="which files to run (default all three)")
     parser.add_argument("--ours-only", action="store_true", help="skip fer (e.g. to profile our processes)")
+    parser.add_argument("--old-tree", type=Path, default=None,
+                        help="also run our pipeline from this checkout (PYTHONPATH), interleaved, as another case")
     parser.add_argument("--no-fer-lean", action="store_true", help="run fer with its defaults only")
     parser.add_argument("--extra", nargs="*", default=[], help="more `analyse` arguments for our cases")
     args = parser.parse_args()
@@ -157,6 +178,12 @@ def main() -> None:
                              "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db", *args.extra]
 
     cases = {f"emojimation ({detector})": ours(detector) for detector in args.detectors}
+    environments: dict[str, dict[str, str]] = {}
+    if args.old_tree:
+        for detector in args.detectors:
+            name = f"emojimation ({detector}) from {args.old_tree}"
+            cases[name] = ours(detector)
+            environments[name] = {**os.environ, "PYTHONPATH": str(args.old_tree.resolve())}
     if not args.ours_only:
         cases["fer Video.analyze (defaults)"] = lambda path: [str(FER_PYTHON), str(ROOT / "bench" / "fer_video.py"),
                                                               str(path)]
@@ -167,7 +194,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for video, path in videos.items():
             for case, command in cases.items():
-                result = measure(command(path), scratch)
+                result = measure(command(path), scratch, environments.get(case))
                 output = json.loads(result.pop("stdout"))
                 result["faces"] = output["faces"] if "faces" in output else output["inputs"][0]["faces"]
                 runs.setdefault((video, case), []).append(result)
@@ -180,6 +207,7 @@ def main() -> None:
                        "frames_per_s": round(frames[video] / wall, 1),
                        "cpu_s": round(statistics.median(r["cpu_s"] for r in results), 1),
                        "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
+                       "peak_pss_mb": round(statistics.median(r["peak_pss_mb"] for r in results)),
                        "faces": statistics.median(r["faces"] for r in results), "rounds": len(results),
                        "cpu_by_process": {name: round(statistics.median(r["cpu_by_process"].get(name, 0.0)
                                                                          for r in results), 2)
