@@ -105,9 +105,9 @@ class ScheduledDetector:
         found = [search_window(self.detector, image, box,
                                min_score=FOLLOW_MIN_SCORE if peak >= LOST_FACE_SCORE else None)
                  for box, peak in zip(predicted, state.peak)]
-        lost = [state.peak[i] for i, (box, _) in enumerate(found) if box is None]
-        if lost and max(lost) >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
-            return (*self._full(stream, state, frame_index, image, thumb), True)
+        lost = [i for i, (box, _) in enumerate(found) if box is None]
+        if lost and state.peak[lost].max() >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
+            return (*self._full(stream, state, frame_index, image, thumb, searched=lost), True)
         # A weak box the search does not find again is dropped (most are false boxes, which a
         # full detection would find again and again, each frame).
         kept = [i for i, (box, _) in enumerate(found) if box is not None]
@@ -128,7 +128,9 @@ class ScheduledDetector:
         return _change_outside(state.thumb, thumb, state.boxes, shape) > CHANGE_THRESHOLD
 
     def _full(self, stream: str, state: StreamState | None, frame_index: int, image: np.ndarray,
-              thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              thumb: np.ndarray, searched: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A full detection; `searched`: followed faces a local search already failed to find on
+        this frame (not searched for again)."""
         boxes, scores = self.detector.detect(image)
         # A barely-found box must be found again by a local search before it is followed: a false
         # box that every full detection finds again would otherwise give one row every K frames,
@@ -147,7 +149,7 @@ class ScheduledDetector:
             velocity[matched] = (boxes[matched] - state.detected[best[matched]]) / (frame_index - state.detected_at)
         if state is not None and len(state.boxes) and frame_index > state.frame_index:
             boxes, scores, velocity, peak, missed = self._carry_missed(state, frame_index, image, boxes, scores,
-                                                                       velocity, peak)
+                                                                       velocity, peak, searched or [])
         if len(self.streams) >= self.max_streams and stream not in self.streams:
             self.streams.pop(next(iter(self.streams)))  # forget the oldest stream (live cameras come and go)
         self.streams[stream] = StreamState(frame_index, frame_index, boxes, scores, velocity, thumb, boxes, peak,
@@ -155,7 +157,7 @@ class ScheduledDetector:
         return boxes, scores
 
     def _carry_missed(self, state: StreamState, frame_index: int, image: np.ndarray, boxes: np.ndarray,
-                      scores: np.ndarray, velocity: np.ndarray, peak: np.ndarray
+                      scores: np.ndarray, velocity: np.ndarray, peak: np.ndarray, searched: list[int]
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Faces followed until now that this full detection missed, found again by a local
         search where they should be, are kept (a detector misses a face now and then; without
@@ -171,6 +173,7 @@ class ScheduledDetector:
             peak[again] = np.maximum(peak[again], state.peak[best[again]])
         missed = np.zeros(len(boxes), np.int32)
         matched = overlap.max(axis=0) >= SAME_FACE_IOU if len(boxes) else np.zeros(len(predicted), bool)
+        matched[searched] = True  # already searched for on this frame, in vain
         carried = []
         for i in np.flatnonzero(~matched & (state.peak >= LOST_FACE_SCORE) & (state.missed < MAX_MISSED_DETECTIONS)):
             box, score = search_window(self.detector, image, predicted[i], min_score=FOLLOW_MIN_SCORE)

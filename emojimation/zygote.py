@@ -45,8 +45,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
 # What every stage process imports (measured with `python -X importtime`: about 0.22 s, mostly
 # OpenCV and NumPy) and nothing that starts a thread at import time.
 PRELOAD = ("numpy", "cv2", "zmq", "ai_edge_litert.interpreter", "core.messages", "core.process", "core.runtime",

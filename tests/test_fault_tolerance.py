@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -86,6 +88,19 @@ def assert_no_duplicate_rows(store_url: str) -> None:
         assert not faces.duplicated(["frame", "track_id"]).any()
 
 
+@contextmanager
+def cleaned_up_on_failure(process: subprocess.Popen, marker: ProcessMarker) -> Iterator[None]:
+    """Kill the run and everything it started if the block fails; after a success nothing is
+    killed, so the leftover check that follows sees whatever the run left."""
+    try:
+        yield
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+        marker.kill_all()
+        raise
+
+
 def assert_lost_nothing(process: subprocess.Popen, stderr: str, marker: ProcessMarker, out: Path, expected: Path,
                         store: str, what: str) -> pd.DataFrame:
     """A disturbed run exited 0, left no process, and wrote an undisturbed run's outputs with
@@ -118,7 +133,7 @@ def test_chaos_killed_and_hung_stages_lose_nothing(clips, tmp_path):
     rng = random.Random(14)
     kills: dict[tuple[str, ...], int] = {}  # per stage process (its argv names its addresses)
     stopped: int | None = None
-    try:
+    with cleaned_up_on_failure(process, marker):
         while stored_frames(store) == 0 and process.poll() is None:
             time.sleep(0.2)
         while process.poll() is None:
@@ -135,11 +150,6 @@ def test_chaos_killed_and_hung_stages_lose_nothing(clips, tmp_path):
             else:
                 os.kill(victim.pid, signal.SIGKILL)
         _, stderr = process.communicate(timeout=300)
-    except BaseException:  # clean up after a failure only: the leftover check must see what is left
-        if process.poll() is None:
-            process.kill()
-        marker.kill_all()
-        raise
     assert sum(kills.values()) >= 5 and stopped is not None, kills
     events = assert_lost_nothing(process, stderr, marker, tmp_path / "out", expected, store, "after the chaos run")
     assert {"stage-restarted", "stage-hung"} <= set(events["kind"]), set(events["kind"])
@@ -154,7 +164,7 @@ def test_killed_zygote_loses_nothing(clips, tmp_path):
     store = f"sqlite:///{tmp_path}/zygote.db"
     process = subprocess.Popen(command(clip, tmp_path / "out", store), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=marker.env(EMOJIMATION_HOME=str(tmp_path)))
-    try:
+    with cleaned_up_on_failure(process, marker):
         while stored_frames(store) < 200 and process.poll() is None:
             time.sleep(0.1)
         [zygote] = [p for p in marker.processes() if p.ppid == process.pid and "emojimation.zygote" in p.argv]
@@ -162,11 +172,6 @@ def test_killed_zygote_loses_nothing(clips, tmp_path):
         assert {stage for p in stages for stage in VICTIMS if stage in p.argv} == set(VICTIMS), [str(p) for p in stages]
         os.kill(zygote.pid, signal.SIGKILL)
         _, stderr = process.communicate(timeout=300)
-    except BaseException:  # clean up after a failure only: the leftover check must see what is left
-        if process.poll() is None:
-            process.kill()
-        marker.kill_all()
-        raise
     events = assert_lost_nothing(process, stderr, marker, tmp_path / "out", expected, store,
                                  "after the zygote was killed")
     assert (events["kind"] == "stage-restarted").sum() >= len(VICTIMS), events
