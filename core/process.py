@@ -23,7 +23,6 @@ from typing import Any, Callable, NoReturn
 
 from core import config as cfg
 from core.errors import EmojimationError, database_errors, redact_url
-from core.runtime import setup_logging, stop_event_on_signals
 from core.security import InsecureBindError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,6 +103,10 @@ def run_stage(section: str, cls: type, runner: StageRunner, args: argparse.Names
         config = cfg.load(cls, section, args.config, config_overrides(args, cls))
     except EmojimationError as error:
         _exit_with_line(str(error), EXIT_USAGE)
+    # Imported here, not at the top: the `emojimation` command imports this module too, and
+    # the runtime's imports (NumPy, OpenCV, the messages) would delay every command's start.
+    from core.runtime import setup_logging, stop_event_on_signals
+
     setup_logging(args.log_level, f"emojimation.{section}", getattr(config, "log_format", "text"))
     try:
         code = runner(config, stop_event_on_signals())

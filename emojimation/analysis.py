@@ -23,6 +23,7 @@ from core.model_io import ModelInfo, default_model, metadata_path
 from core.store import Store
 from emojimation.supervisor import PipelineError, RestartBudget, Supervisor, describe_death, record_event
 from emojimation.topology import Topology, boot
+from emojimation.zygote import Zygote, stage_environment
 from ingest.media import MediaInfo, expected_frames, probe, sampling_ratio
 
 if TYPE_CHECKING:  # results (pandas) is imported once the stages are starting, not before
@@ -244,10 +245,11 @@ def plan_run(config: AnalyseConfig, inputs: list[MediaInfo]) -> RunPlan:
     return plan
 
 
-def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: bool, resume_command: str = ""
-                 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: bool, resume_command: str = "",
+                 zygote: Zygote | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """Analyse readable inputs; returns (path, source id) for successes and (path, reason) failures.
-    With `config.resume`, inputs the resumed run stored completely are not analysed again."""
+    With `config.resume`, inputs the resumed run stored completely are not analysed again.
+    `zygote`: one already started (`Zygote.warm`), which the run's supervisor then closes."""
     from tqdm import tqdm
 
     plan = plan_run(config, inputs)
@@ -259,7 +261,7 @@ def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: 
     bar.update(sum(_frames_to_analyse(info, config) for info in inputs if info.path in plan.stored))
     results: list[StreamResult] = []
     if paths:
-        with Supervisor(transport=config.transport) as supervisor:
+        with Supervisor(transport=config.transport, zygote=zygote) as supervisor:
             run = FileRun(supervisor, paths, file_topology(config, paths, plan.run, resume_command),
                           on_progress=bar.update, store_url=config.store or default_store_url(),
                           heartbeat_timeout_s=config.heartbeat_timeout_s,
@@ -304,8 +306,12 @@ def analyse(paths: list[str] | str, out: str | None = None, **options: Any) -> R
         options["store"] = f"sqlite:///{store_dir.name}/results.db"
     config = AnalyseConfig(inputs=paths, **options)
     started = time.monotonic()
-    good, bad = probe_inputs(paths, config)
-    done, failed = run_pipeline(config, good, config.progress) if good else ([], [])
+    zygote = Zygote(stage_environment()).warm()  # its imports overlap the probing (cli.cmd_analyse)
+    try:
+        good, bad = probe_inputs(paths, config)
+        done, failed = run_pipeline(config, good, config.progress, zygote=zygote) if good else ([], [])
+    finally:
+        zygote.close()
     for path, reason in bad + failed:
         logger.error("%s", reason)
     if not done:
@@ -336,7 +342,8 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["emojimation", *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
-def analyse_command(config: AnalyseConfig) -> int:
+def analyse_command(config: AnalyseConfig, zygote: Zygote | None = None) -> int:
+    """`emojimation analyse`; `zygote`: the stages' zygote, already started (cli.cmd_analyse)."""
     _interrupt_on_sigterm()
     started = time.monotonic()
     Store(config.store or default_store_url()).close()  # a bad or unreachable store: one line, before any stage
@@ -347,7 +354,7 @@ def analyse_command(config: AnalyseConfig) -> int:
     failed: list[tuple[str, str]] = []
     if good:
         try:
-            done, failed = run_pipeline(config, good, config.progress, resume_command(sys.argv[1:]))
+            done, failed = run_pipeline(config, good, config.progress, resume_command(sys.argv[1:]), zygote)
         except PipelineError as error:
             error_line(str(error))
             return 1

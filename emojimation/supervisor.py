@@ -11,7 +11,6 @@ gone when `stop()` returns.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -32,15 +31,12 @@ from core.messages import Status, StatusEvent
 from core.process import stage_command
 from core.runtime import receive_waiting
 from core.store import Store
-from emojimation.zygote import ForkedProcess, Zygote
+from emojimation.zygote import ForkedProcess, Zygote, stage_environment
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0
 STARTUP_GRACE_S = 60.0  # a stage's first report may take this long (a Keras model loads TensorFlow)
-PER_STAGE_ENVIRONMENT = {f"EMOJIMATION_{name}" for name in (
-    "CONNECT", "BIND", "LISTEN", "PUSH", "STATUS", "METRICS_PORT", "CAMERA", "INPUTS", "NAME", "STREAM_PREFIX",
-    "ACKS", "RESTARTS", "RUN", "RESUME_COMMAND")}
 RESTART_LIMIT = 5  # restarts of one stage within RESTART_WINDOW_S before the supervisor gives up
 RESTART_WINDOW_S = 60.0
 
@@ -78,7 +74,10 @@ class Child:
 class Supervisor:
     """Runs one set of stage processes; use as a context manager so children never leak."""
 
-    def __init__(self, work_dir: Path | None = None, transport: str = "ipc") -> None:
+    def __init__(self, work_dir: Path | None = None, transport: str = "ipc", zygote: Zygote | None = None) -> None:
+        """`zygote`: one started early (`Zygote.warm`) so its imports overlap the caller's own
+        preparation; the supervisor closes it with itself. Default: a new one, started on the
+        first spawn."""
         self.work_dir = Path(tempfile.mkdtemp(prefix="emojimation-")) if work_dir is None else work_dir
         self.owns_work_dir = work_dir is None
         self.transport = transport
@@ -88,12 +87,8 @@ class Supervisor:
         self.status_socket.setsockopt(zmq.LINGER, 0)
         self.status_address = self.address("status")
         self.status_socket.bind(self.status_address)
-        # Addresses and ports are per stage: a deployment's EMOJIMATION_BIND or _METRICS_PORT in
-        # this process's environment must not reach every child (they would all bind one port).
-        inherited = {k: v for k, v in os.environ.items() if k not in PER_STAGE_ENVIRONMENT}
-        self.env = {**inherited, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1",
-                    "PYTHONUNBUFFERED": "1"}
-        self.zygote = Zygote(self.env)
+        self.env = stage_environment()
+        self.zygote = zygote or Zygote(self.env)
 
     def address(self, name: str) -> str:
         if self.transport == "tcp":
