@@ -102,3 +102,24 @@ def test_a_classifier_worker_imports_only_its_stage_and_the_ground():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED []" in result.stdout, result.stdout[-2000:]
+
+
+def test_the_aggregator_opens_a_file_source_without_pandas_and_the_cli_without_the_runtime():
+    """Start-up costs measured in docs/benchmarks.md 3a-4: pandas (0.65 s of CPU) stays out of
+    the aggregator, which reads its run's source row when a stream starts, and the `emojimation`
+    command's own module does not import the stages' runtime (NumPy, OpenCV, the messages)."""
+    probe = (
+        "import sys, tempfile\n"
+        "import emojimation.cli\n"
+        "print('CLI', sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'cv2', 'pandas'}))\n"
+        "from core.store import Store\n"
+        "store = Store(f'sqlite:///{tempfile.mkdtemp()}/r.db')\n"
+        "sid = store.create_source('video', '/v.mp4', 'v', 'analysing', options={'run': 'r1'})\n"
+        "row = store.run_source('/v.mp4', 'r1')\n"
+        "assert row['id'] == sid and store.latest_run(['/v.mp4'])['id'] == sid, row\n"
+        "assert store.run_source('/v.mp4', 'other') is None\n"
+        "print('STORE', 'pandas' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "CLI []" in result.stdout and "STORE False" in result.stdout, result.stdout
