@@ -171,23 +171,30 @@ class TfliteLogits:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             raise ModelError("a .tflite model needs the ai-edge-litert package") from None
-        self.interpreters = {}
-        try:
-            for bucket in self.BUCKETS:
-                interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.path, self.threads, self.make = path, threads, Interpreter
+        self.interpreters: dict[int, tuple[Any, int, int]] = {}
+        self._interpreter(1)  # a bad file fails here, at load; the other sizes when first used
+
+    def _interpreter(self, bucket: int) -> tuple[Any, int, int]:
+        """The interpreter for `bucket` faces, made on first use: a run uses few batch sizes,
+        and each costs 15 ms of CPU and its own memory to allocate."""
+        if bucket not in self.interpreters:
+            try:
+                interpreter = self.make(model_path=str(self.path), num_threads=self.threads)
                 index = interpreter.get_input_details()[0]["index"]
                 interpreter.resize_tensor_input(index, [bucket, INPUT_SIZE, INPUT_SIZE, 1])
                 interpreter.allocate_tensors()
-                self.interpreters[bucket] = (interpreter, index, interpreter.get_output_details()[0]["index"])
-        except (ValueError, RuntimeError) as error:
-            raise ModelError(f"{path}: cannot load TFLite model ({error})") from None
+            except (ValueError, RuntimeError) as error:
+                raise ModelError(f"{self.path}: cannot load TFLite model ({error})") from None
+            self.interpreters[bucket] = (interpreter, index, interpreter.get_output_details()[0]["index"])
+        return self.interpreters[bucket]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         outputs = []
         start = 0
         while start < len(x):
             bucket = next(b for b in reversed(self.BUCKETS) if b <= len(x) - start)
-            interpreter, input_index, output_index = self.interpreters[bucket]
+            interpreter, input_index, output_index = self._interpreter(bucket)
             interpreter.set_tensor(input_index, np.ascontiguousarray(x[start:start + bucket], np.float32))
             interpreter.invoke()
             outputs.append(interpreter.get_tensor(output_index).copy())
