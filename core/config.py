@@ -368,7 +368,9 @@ class EvaluateConfig:
     """`emojimation evaluate`: a model's scores on a labelled split (training.evaluate)."""
 
     data: str = ""  # emotion-folder root, split root, or fer2013.csv
-    model: str = ""  # empty = the shipped model (core.model_io.default_model)
+    # empty = the shipped model (core.model_io.default_model); several, comma-separated: an
+    # ensemble, scored on the mean of their calibrated probabilities
+    model: str = ""
     split: str = ""  # empty = val for folders, PrivateTest for a CSV
     json: bool = False  # one JSON object on stdout, nothing else
     tta: str = "auto"  # auto (the model's setting) | on | off

@@ -352,8 +352,9 @@ EXPECTED_PER_CLASS = {  # precision, recall, f1, support, worked out by hand fro
 }
 
 
-def _lookup_model(path: Path, faces: list, predicted: list[int]) -> None:
-    """A real Keras model that predicts `predicted[i]` for `faces[i]` (nearest stored face).
+def _lookup_model(path: Path, faces: list, predicted: list[int], strength: list[float] | None = None) -> None:
+    """A real Keras model that predicts `predicted[i]` for `faces[i]` (nearest stored face),
+    with logit `strength[i]` (default 1) for that class and 0 for the others.
 
     Layers: scores_t = x.t - |t|^2/2 (largest for the stored face equal to x), a sharp
     softmax over the stored faces, then a 0/1 matrix summing them into their planned class.
@@ -362,7 +363,7 @@ def _lookup_model(path: Path, faces: list, predicted: list[int]) -> None:
 
     templates = np.stack([f.pixels.reshape(-1).astype(np.float64) / 255.0 for f in faces])
     assign = np.zeros((len(faces), 7), dtype=np.float32)
-    assign[np.arange(len(faces)), predicted] = 1.0
+    assign[np.arange(len(faces)), predicted] = 1.0 if strength is None else strength
     inputs = keras.Input((48, 48, 1), name="face")
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
     x = keras.layers.Flatten()(x)
@@ -477,3 +478,33 @@ def test_data_errors_are_one_line(kind, command, tmp_path, fer_cache):
     assert fragment in lines[0], lines[0]
     assert result.stdout == ""
     assert not (tmp_path / "out" / MODEL_FILENAME).exists()
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras
+def test_evaluate_an_ensemble_of_models(small_fer, fer_cache, tmp_path):
+    """`--model A,B` scores the mean of the members' calibrated probabilities: two lookup models
+    that each answer half the faces right (confident where right, unsure elsewhere) make an
+    ensemble right on all of them; one missing member is a one-line error."""
+    val = small_fer.by_usage("PublicTest")
+    ordered = [f for emotion in FER_ORDER for f in val if f.emotion == emotion]
+    truth = [FER_ORDER.index(f.emotion) for f in ordered]
+    wrong = [(label + 1) % 7 for label in truth]
+    first, second = tmp_path / "first.keras", tmp_path / "second.keras"
+    even = [i % 2 == 0 for i in range(len(ordered))]
+    _lookup_model(first, ordered, [t if e else w for e, t, w in zip(even, truth, wrong)],
+                  [3.0 if e else 1.0 for e in even])
+    _lookup_model(second, ordered, [w if e else t for e, t, w in zip(even, truth, wrong)],
+                  [1.0 if e else 3.0 for e in even])
+    from training.evaluate import evaluate
+
+    alone, _, _, _ = evaluate(small_fer.split_root, str(first))
+    assert alone["accuracy"] == pytest.approx(0.5)
+    both, ece_raw, ece, source = evaluate(small_fer.split_root, f"{first},{second}")
+    assert "ensemble of 2 models" in source
+    assert both["accuracy"] == pytest.approx(1.0) and both["n"] == 14
+    assert 0 <= ece_raw <= 1 and 0 <= ece <= 1
+    same, _, _, _ = evaluate(small_fer.split_root, f"{first},{first}")
+    assert same == alone
+    proc = run_cli("evaluate", "--data", small_fer.split_root, "--model", f"{first},{tmp_path / 'gone.keras'}",
+                   "--json", cache_dir=fer_cache, cwd=tmp_path, timeout=180)
+    assert proc.returncode != 0 and "gone.keras" in proc.stderr and "Traceback" not in proc.stderr

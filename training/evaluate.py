@@ -97,8 +97,19 @@ def save_confusion_png(result: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def model_paths(model: str | None) -> list[str | None]:
+    """`--model`'s value as a list: empty is the shipped model, commas separate the members of
+    an ensemble (`a.keras,b.keras`)."""
+    paths = [part.strip() for part in (model or "").split(",") if part.strip()]
+    return paths or [None]
+
+
 def evaluate(data: str, model_path: str | None = None, split: str | None = None, tta: str = "auto",
              precision: str = "auto") -> tuple[dict[str, Any], float, float, str]:
+    """Scores of one model, or of an ensemble (several paths, comma-separated): the mean of the
+    members' calibrated probabilities, each with its own flip policy (`tta` overrides them all).
+    Returns the metrics, the calibration error before and after temperature scaling (for an
+    ensemble: of the mean uncalibrated and the mean calibrated probabilities) and the source."""
     from training.data import load_faces
 
     path = Path(data)
@@ -107,14 +118,18 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     faces = load_faces(path, split)
     if len(faces) == 0:
         raise DataError(f"{data}: no faces to evaluate")
-    model = EmotionModel(model_path, precision=precision)
+    models = [EmotionModel(member, precision=precision) for member in model_paths(model_path)]
     flip = {"auto": None, "on": True, "off": False}[tta]
-    logits = np.concatenate([model.logits(faces.images[i:i + 256], flip)
-                             for i in range(0, len(faces), 256)])
-    result = metrics(faces.labels, logits.argmax(axis=1))
-    ece_raw = expected_calibration_error(softmax(logits), faces.labels)
-    ece = expected_calibration_error(softmax(logits / model.info.temperature), faces.labels)
-    return result, ece_raw, ece, faces.source
+    raw, calibrated = np.zeros((len(faces), NUM_EMOTIONS)), np.zeros((len(faces), NUM_EMOTIONS))
+    for model in models:
+        logits = np.concatenate([model.logits(faces.images[i:i + 256], flip) for i in range(0, len(faces), 256)])
+        raw += softmax(logits) / len(models)
+        calibrated += softmax(logits / model.info.temperature) / len(models)
+    result = metrics(faces.labels, calibrated.argmax(axis=1))
+    ece_raw = expected_calibration_error(raw, faces.labels)
+    ece = expected_calibration_error(calibrated, faces.labels)
+    source = faces.source if len(models) == 1 else f"{faces.source} (ensemble of {len(models)} models)"
+    return result, ece_raw, ece, source
 
 
 def evaluate_command(config: EvaluateConfig) -> int:
