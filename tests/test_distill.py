@@ -98,7 +98,8 @@ def test_an_epoch_takes_every_face_and_as_many_of_its_crops_drawn_anew():
 
 def test_distill_learns_from_detector_crops(tmp_path, fer_cache, monkeypatch):
     """With --pairs (the fine-tune's detector crops: here 2 Haar crops of each face), an epoch is
-    every training face plus one of its crops, and the run ends with a student."""
+    every training face plus one of its crops, and the run ends with a student. With --threads,
+    as long runs are started: TensorFlow's pools are set before the teachers' logits use it."""
     from emojimation.finetune import prepare_pairs
 
     monkeypatch.setenv("EMOJIMATION_CACHE", str(fer_cache))
@@ -107,7 +108,7 @@ def test_distill_learns_from_detector_crops(tmp_path, fer_cache, monkeypatch):
     out = tmp_path / "out"
     result = run_cli("distill", "--teachers", DEFAULT_MODEL_PATH, "--data", data.split_root, "--split", "train",
                      "--out", out, "--epochs", 1, "--width", 8, "--batch-size", 32, "--average-last", 1,
-                     "--pairs", pairs, cache_dir=fer_cache, cwd=tmp_path, timeout=300)
+                     "--pairs", pairs, "--threads", 1, cache_dir=fer_cache, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     faces = 8 * len(EMOTIONS) - len(EMOTIONS)  # a hold-out of 5 %: one face per emotion at this size
     assert f"on {faces} faces and {faces} of their {2 * faces} detector crops an epoch" in result.stdout, result.stdout

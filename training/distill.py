@@ -130,6 +130,9 @@ def run(config: DistillConfig) -> Path:
     checkpoints = EpochCheckpoints(backup_dir, _resume_signature(config))
     first_epoch = checkpoints.last_epoch() + 1  # refuses other settings before any work
 
+    # TensorFlow's thread pools can be set only before its first use, which the teachers' logits are.
+    quiet_tensorflow()
+    configure_tensorflow_threads(config.threads, 1 if config.threads else None)
     targets = soft_targets(teacher_logits(teachers, images, out, config.precision), config.temperature)
     train_images, train_labels, train_targets = images[train_idx], labels[train_idx], targets[train_idx]
     faces_in_epoch = len(train_labels)
@@ -143,7 +146,6 @@ def run(config: DistillConfig) -> Path:
     crops_in_epoch = len(epoch_crops(crop_faces, config.crops_per_face, np.random.default_rng(0)))
     examples_per_epoch = faces_in_epoch + crops_in_epoch
 
-    quiet_tensorflow()
     import keras
     import tensorflow as tf
 
@@ -151,7 +153,6 @@ def run(config: DistillConfig) -> Path:
     from training.average import average_weight_files
     from training.model import make_model
 
-    configure_tensorflow_threads(config.threads, 1 if config.threads else None)
     keras.utils.set_random_seed(config.seed)
     bf16 = config.precision == "bfloat16" or (config.precision == "auto" and cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
