@@ -158,7 +158,8 @@ class TfliteLogits:
     """Logits from a `.tflite` export through LiteRT, without importing TensorFlow.
 
     Resizing an interpreter's input reallocates it, so there is one interpreter per
-    power-of-two batch size, and a batch runs as its binary decomposition (11 = 8 + 2 + 1).
+    power-of-two batch size, made when that size is first used, and a batch runs as its binary
+    decomposition (11 = 8 + 2 + 1).
     LiteRT's cost per crop is about the same at every batch size here (one thread: 0.9-1.1 ms
     for the shipped int8 export at 1-16, 3.3 ms for float32 at 1-8), so padding a batch up to
     a bucket would only waste work.
@@ -172,15 +173,18 @@ class TfliteLogits:
         except ImportError:
             raise ModelError("a .tflite model needs the ai-edge-litert package") from None
         self.path, self.threads, self.make = path, threads, Interpreter
+        # Read once: an interpreter made later (a batch size first used hours into a camera's
+        # run) gets the same weights even if the file at `path` was replaced or removed since.
+        self.content = path.read_bytes()
         self.interpreters: dict[int, tuple[Any, int, int]] = {}
-        self._interpreter(1)  # a bad file fails here, at load; the other sizes when first used
+        self._interpreter(1)  # a bad file fails here, at load
 
     def _interpreter(self, bucket: int) -> tuple[Any, int, int]:
         """The interpreter for `bucket` faces, made on first use: a run uses few batch sizes,
         and each costs 15 ms of CPU and its own memory to allocate."""
         if bucket not in self.interpreters:
             try:
-                interpreter = self.make(model_path=str(self.path), num_threads=self.threads)
+                interpreter = self.make(model_content=self.content, num_threads=self.threads)
                 index = interpreter.get_input_details()[0]["index"]
                 interpreter.resize_tensor_input(index, [bucket, INPUT_SIZE, INPUT_SIZE, 1])
                 interpreter.allocate_tensors()

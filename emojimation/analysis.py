@@ -6,7 +6,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shlex
 import sys
 import tempfile
@@ -246,15 +245,6 @@ def plan_run(config: AnalyseConfig, inputs: list[MediaInfo]) -> RunPlan:
     return plan
 
 
-def _import_idly(module: str) -> None:
-    """Import `module` in this thread at nice 19 (Linux nice values are per thread)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except OSError:
-        pass
-    importlib.import_module(module)
-
-
 def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: bool, resume_command: str = "",
                  zygote: Zygote | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """Analyse readable inputs; returns (path, source id) for successes and (path, reason) failures.
@@ -277,9 +267,10 @@ def run_pipeline(config: AnalyseConfig, inputs: list[MediaInfo], show_progress: 
                           heartbeat_timeout_s=config.heartbeat_timeout_s,
                           budget=RestartBudget(limit=config.restart_limit))
             # The tables are written with pandas once the run ends; importing it (0.6 s of CPU)
-            # while the stages work takes that off the wall time, on a core they leave idle:
-            # at the lowest priority, so that it never takes CPU the stages could use.
-            importer = threading.Thread(target=_import_idly, args=("emojimation.results",),
+            # while the stages work takes that off the wall time. (A lower priority for this
+            # thread does nothing here: each stage runs in a session of its own, and with the
+            # kernel's autogroup scheduling, nice ranks threads only within their session.)
+            importer = threading.Thread(target=importlib.import_module, args=("emojimation.results",),
                                         name="import-results", daemon=True)
             try:
                 run.start()

@@ -508,3 +508,34 @@ def test_evaluate_an_ensemble_of_models(small_fer, fer_cache, tmp_path):
     proc = run_cli("evaluate", "--data", small_fer.split_root, "--model", f"{first},{tmp_path / 'gone.keras'}",
                    "--json", cache_dir=fer_cache, cwd=tmp_path, timeout=180)
     assert proc.returncode != 0 and "gone.keras" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_model_lists_keep_a_comma_in_a_file_name_and_refuse_empty_members(tmp_path):
+    from core.errors import DataError
+    from training.evaluate import model_paths
+
+    odd = tmp_path / "model,v2.keras"
+    odd.write_bytes(b"")
+    assert model_paths(str(odd)) == [str(odd)]  # an existing file is one model, comma or not
+    assert model_paths("a.keras, b.keras") == ["a.keras", "b.keras"]
+    assert model_paths("") == [None] and model_paths(None) == [None]  # the shipped model
+    for bad in ("a.keras,,b.keras", ",", "a.keras,"):
+        with pytest.raises(DataError, match="empty name"):
+            model_paths(bad)
+
+
+def test_a_tflite_model_keeps_its_weights_when_the_file_goes_away(tmp_path):
+    """Interpreters for new batch sizes are made on first use, from the bytes read at load: a
+    classifier whose model file was replaced or removed since keeps answering the same."""
+    from core.model_io import DEFAULT_MODEL_PATH, EmotionModel
+
+    copy = tmp_path / "model.tflite"
+    shutil.copyfile(DEFAULT_MODEL_PATH.with_suffix(".tflite"), copy)
+    shutil.copyfile(DEFAULT_MODEL_PATH.with_suffix(".json"), copy.with_suffix(".json"))
+    faces = np.random.default_rng(0).integers(0, 256, (13, 48, 48), dtype=np.uint8)
+    model = EmotionModel(copy)
+    first = model.probabilities(faces[:1])
+    copy.unlink()
+    every = model.probabilities(faces)  # 13 = 8 + 4 + 1: two sizes made now
+    assert np.allclose(every[:1], first, atol=1e-5)
+    assert every.shape == (13, 7) and np.allclose(every.sum(axis=1), 1, atol=1e-4)

@@ -99,9 +99,15 @@ def save_confusion_png(result: dict[str, Any], path: Path, title: str) -> None:
 
 def model_paths(model: str | None) -> list[str | None]:
     """`--model`'s value as a list: empty is the shipped model, commas separate the members of
-    an ensemble (`a.keras,b.keras`)."""
-    paths = [part.strip() for part in (model or "").split(",") if part.strip()]
-    return paths or [None]
+    an ensemble (`a.keras,b.keras`), unless the whole value names an existing file."""
+    if not model or not model.strip():
+        return [None]
+    if "," not in model or Path(model).is_file():
+        return [model]
+    paths = [part.strip() for part in model.split(",")]
+    if not all(paths):
+        raise DataError(f"--model {model!r}: an empty name in the list (separate model files with single commas)")
+    return list(paths)
 
 
 def evaluate(data: str, model_path: str | None = None, split: str | None = None, tta: str = "auto",
@@ -118,7 +124,8 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     faces = load_faces(path, split)
     if len(faces) == 0:
         raise DataError(f"{data}: no faces to evaluate")
-    models = [EmotionModel(member, precision=precision) for member in model_paths(model_path)]
+    members = model_paths(model_path)
+    models = [EmotionModel(member, precision=precision) for member in members]
     flip = {"auto": None, "on": True, "off": False}[tta]
     raw, calibrated = np.zeros((len(faces), NUM_EMOTIONS)), np.zeros((len(faces), NUM_EMOTIONS))
     for model in models:
@@ -128,7 +135,8 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     result = metrics(faces.labels, calibrated.argmax(axis=1))
     ece_raw = expected_calibration_error(raw, faces.labels)
     ece = expected_calibration_error(calibrated, faces.labels)
-    source = faces.source if len(models) == 1 else f"{faces.source} (ensemble of {len(models)} models)"
+    source = faces.source if len(models) == 1 else \
+        f"{faces.source} (ensemble of {len(models)} models: {', '.join(str(m.path) for m in models)})"
     return result, ece_raw, ece, source
 
 
