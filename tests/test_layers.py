@@ -83,6 +83,13 @@ def test_the_checker_sees_wrong_way_imports(tmp_path):
     ]
 
 
+def _run_fresh(code: str) -> str:
+    """Run `code` in a fresh interpreter (nothing imported yet); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_a_classifier_worker_imports_only_its_stage_and_the_ground():
     """`python -m classifier` with the shipped LiteRT model loads neither TensorFlow, Dash,
     training, another stage nor the roof (what a worker process costs in start-up and memory)."""
@@ -99,9 +106,8 @@ def test_a_classifier_worker_imports_only_its_stage_and_the_ground():
         " 'detector', 'ingest', 'aggregator', 'dashboard', 'emojimation'})\n"
         "print('LOADED', bad)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "LOADED []" in result.stdout, result.stdout[-2000:]
+    stdout = _run_fresh(probe)
+    assert "LOADED []" in stdout, stdout[-2000:]
 
 
 def test_the_aggregator_opens_a_file_source_without_pandas_and_the_cli_without_the_runtime():
@@ -120,6 +126,5 @@ def test_the_aggregator_opens_a_file_source_without_pandas_and_the_cli_without_t
         "assert store.run_source('/v.mp4', 'other') is None\n"
         "print('STORE', 'pandas' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "CLI []" in result.stdout and "STORE False" in result.stdout, result.stdout
+    stdout = _run_fresh(probe)
+    assert "CLI []" in stdout and "STORE False" in stdout, stdout
