@@ -308,12 +308,9 @@ def analyse(paths: list[str] | str, out: str | None = None, **options: Any) -> R
         options["store"] = f"sqlite:///{store_dir.name}/results.db"
     config = AnalyseConfig(inputs=paths, **options)
     started = time.monotonic()
-    zygote = Zygote(stage_environment()).warm()  # its imports overlap the probing (cli.cmd_analyse)
-    try:
+    with Zygote(stage_environment()).warm() as zygote:  # its imports overlap the probing (cli.cmd_analyse)
         good, bad = probe_inputs(paths, config)
         done, failed = run_pipeline(config, good, config.progress, zygote=zygote) if good else ([], [])
-    finally:
-        zygote.close()
     for path, reason in bad + failed:
         logger.error("%s", reason)
     if not done:

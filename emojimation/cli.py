@@ -68,13 +68,10 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     # The stages' zygote starts before anything else: its imports run on the other core while
     # this process imports the pipeline's code and probes the inputs (0.3-0.5 s off a short run).
-    zygote = Zygote(stage_environment()).warm()
-    try:
+    with Zygote(stage_environment()).warm() as zygote:
         from emojimation.analysis import analyse_command
 
         return analyse_command(config, zygote)
-    finally:
-        zygote.close()
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -323,6 +323,12 @@ class Zygote:
         self.server = _Server(process)
         return self.server
 
+    def __enter__(self) -> "Zygote":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def warm(self) -> "Zygote":
         """Start the zygote process now, without waiting for its imports (about 0.5 s of CPU),
         so that they run on the other core while the caller probes its inputs and imports its
