@@ -22,6 +22,7 @@ can be the longest).
                                         [--models models/emojimation_cnn.tflite other.tflite]
                                         [--margins 0.05] [--low-pass 0 0.5] [--jitter none shift9]
                                         [--match-iou 0.5] [--val] [--work DIR] [--detect-every 1 5]
+                                        [--search-every 1 2]
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
-def run_pipeline(clip: Path, detector: str, home: Path, detect_every: int = 1) -> pd.DataFrame:
+def run_pipeline(clip: Path, detector: str, home: Path, detect_every: int = 1, search_every: int = 1) -> pd.DataFrame:
     """The real `analyse --every-frame` on the clip (once: its detections.csv is reused)."""
     out = home / f"{clip.stem}-{detector}" if detect_every == 1 else home / f"{clip.stem}-{detector}-k{detect_every}"
+    if search_every != 1:
+        out = out.with_name(f"{out.name}-s{search_every}")
     if not (out / "detections.csv").exists():
         subprocess.run([sys.executable, "-m", "emojimation", "analyse", "--no-progress", str(clip), "--out", str(out),
                         "--detector", detector, "--every-frame", "--detect-every", str(detect_every),
-                        "--store", f"sqlite:///{home}/s.db"],
+                        "--search-every", str(search_every), "--store", f"sqlite:///{home}/s.db"],
                        check=True, capture_output=True, text=True, env={**os.environ, "EMOJIMATION_HOME": str(home)})
     return pd.read_csv(out / "detections.csv")
 
@@ -206,6 +209,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep clips and pipeline outputs here (reused)")
     parser.add_argument("--detect-every", type=int, nargs="+", default=[1],
                         help="analyse's --detect-every values to score (each reported as DETECTOR@kK when not 1)")
+    parser.add_argument("--search-every", type=int, nargs="+", default=[1],
+                        help="analyse's --search-every values to score (reported as DETECTOR@kK/sN when not 1)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -234,9 +239,11 @@ def main() -> None:
         frames = decode(clip)
         for jitter in args.jitter:
             report(seed, schedule, "pasted", 0.0, jitter, pasted_crops(frames, schedule, 10.0, jitter))
-        for detector, every in [(d, k) for d in args.detectors for k in args.detect_every]:
-            detections = run_pipeline(clip, detector, work, every)
+        for detector, every, search in [(d, k, n) for d in args.detectors for k in args.detect_every
+                                        for n in args.search_every]:
+            detections = run_pipeline(clip, detector, work, every, search)
             label = detector if every == 1 else f"{detector}@k{every}"
+            label = label if search == 1 else f"{label}/s{search}"
             found, total = frames_found(detections, schedule)
             frame_totals.setdefault(label, [0, 0])
             frame_totals[label][0] += found

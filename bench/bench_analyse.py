@@ -6,7 +6,8 @@ the tree's resident sets (RSS: a page shared by several processes counts in each
 largest sum of their proportional set sizes (PSS: a shared page counts once in all, split
 among its sharers; what the tree takes from the machine). Cases are interleaved round by
 round; medians are reported. `--old-tree DIR` adds our pipeline from another checkout (run
-with PYTHONPATH=DIR), interleaved with the rest, to compare two versions side by side.
+with PYTHONPATH=DIR), interleaved with the rest, to compare two versions side by side;
+`--variant NAME=ARGS` adds it with other `analyse` arguments, to compare two settings.
 
     .venv/bin/python -m bench.bench_analyse --rounds 3
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -158,6 +160,9 @@ def main() -> None:
                         help="also run our pipeline from this checkout (PYTHONPATH), interleaved, as another case")
     parser.add_argument("--no-fer-lean", action="store_true", help="run fer with its defaults only")
     parser.add_argument("--extra", nargs="*", default=[], help="more `analyse` arguments for our cases")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="also run our pipeline with these extra `analyse` arguments, interleaved, as a case "
+                             "of its own (e.g. --variant 'search2=--search-every 2'; repeatable)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="emojimation-bench-"))
     videos = {}
@@ -172,12 +177,17 @@ def main() -> None:
         ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
          "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True).stdout)
         ["streams"][0]["nb_read_frames"]) for name, path in videos.items()}
-    def ours(detector: str):
+    def ours(detector: str, variant: list[str] = ()):
         return lambda path: [str(PRODUCT_PYTHON), "-m", "emojimation", "analyse", str(path), "--every-frame",
                              "--detector", detector, "--workers", str(args.workers), "--no-progress", "--json",
-                             "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db", *args.extra]
+                             "--out", str(scratch / "out"), "--store", f"sqlite:///{scratch}/bench.db", *args.extra,
+                             *variant]
 
     cases = {f"emojimation ({detector})": ours(detector) for detector in args.detectors}
+    for spec in args.variant:
+        label, _, arguments = spec.partition("=")
+        for detector in args.detectors:
+            cases[f"emojimation ({detector}) {label}"] = ours(detector, shlex.split(arguments))
     environments: dict[str, dict[str, str]] = {}
     if args.old_tree:
         for detector in args.detectors:

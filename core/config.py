@@ -140,6 +140,9 @@ class DetectorConfig(StageLinks):
     # 1 = every frame. 5: per-segment agreement within a segment or two of every frame's on 244
     # composed-clip segments, at a fraction of the detector's cost (docs/benchmarks.md 3 and 10).
     detect_every: int = 5
+    # Between full detections the local search runs on every N-th frame; the frames between carry
+    # each box by its velocity alone (no model call). 1 = a search on every frame.
+    search_every: int = 1
 
 
 @dataclass
@@ -201,6 +204,7 @@ class AnalyseConfig:
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
     detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
+    search_every: int = 1  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
     resume: bool = False  # continue the latest interrupted run of these inputs from what the store holds
     # A stage silent (no heartbeat) this long is hung: killed and restarted, as is a stage that died,
     # at most `restart_limit` times per stage within 60 s.
@@ -225,6 +229,7 @@ class MonitorConfig:
     stall_s: float = 5.0
     backoff_max_s: float = 30.0
     detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
+    search_every: int = 1  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
     # Frames older than this when a detector gets them are dropped (newest wins), and so are faces
     # older than this when a classifier gets them: no stage works on stale frames. Past capacity
     # this bounds the latency (below capacity queues stay empty): 1.0 gave p95 about 1 s at twice
@@ -674,7 +679,7 @@ def _validate(config: Any) -> None:
     min_track_frames = getattr(config, "min_track_frames", None)
     if min_track_frames is not None and min_track_frames < 1:
         raise ConfigError(f"min_track_frames must be at least 1, got {min_track_frames}")
-    for name in ("workers", "detector_workers", "max_batch", "detect_every", "queue_messages"):
+    for name in ("workers", "detector_workers", "max_batch", "detect_every", "search_every", "queue_messages"):
         value = getattr(config, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")

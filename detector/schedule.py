@@ -86,9 +86,10 @@ class StreamState:
 class ScheduledDetector:
     """Wraps a FaceDetector: `detect(stream, frame_index, image)` runs it on a schedule."""
 
-    def __init__(self, detector: FaceDetector, every: int, max_streams: int = 256) -> None:
+    def __init__(self, detector: FaceDetector, every: int, max_streams: int = 256, search_every: int = 1) -> None:
         self.detector = detector
         self.every = max(1, every)
+        self.search_every = max(1, search_every)
         self.max_streams = max_streams
         self.streams: dict[str, StreamState] = {}
 
@@ -102,6 +103,8 @@ class ScheduledDetector:
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)
+        if steps < self.search_every:  # carried by velocity alone; the state stays at the last search
+            return predicted, state.scores.copy(), False
         found = [search_window(self.detector, image, box,
                                min_score=FOLLOW_MIN_SCORE if peak >= LOST_FACE_SCORE else None)
                  for box, peak in zip(predicted, state.peak)]

@@ -74,7 +74,7 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     cv2.setNumThreads(config.threads)
     backend = make_detector(config.detector, config.min_score, config.min_face, config.threads)
-    detector = ScheduledDetector(backend, config.detect_every)
+    detector = ScheduledDetector(backend, config.detect_every, search_every=config.search_every)
     still_search = StillSearch.for_detector(config.detector, backend, config.threads)
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:

@@ -170,7 +170,7 @@ class Monitor:
         return Topology(
             ingests=ingests, shared=shared,
             detector=DetectorConfig(detector=settings.detector, max_age_s=settings.max_age_s,
-                                    detect_every=settings.detect_every),
+                                    detect_every=settings.detect_every, search_every=settings.search_every),
             detectors=settings.detector_workers,
             classifier=ClassifierConfig(model=settings.model, max_age_s=settings.max_age_s, forward_crops=False),
             classifiers=settings.workers,

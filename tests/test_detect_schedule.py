@@ -83,6 +83,32 @@ def test_carried_boxes_follow_a_moving_face(face):
     assert errors and max(errors) < 8.0, errors  # pixels, for a 160 px face
 
 
+def test_search_every_two_carries_boxes_on_the_frames_between_searches(face):
+    """`search_every=2`: between full detections the model runs on every second frame only (one
+    call per search, counted); every frame still gets a box on the moving face."""
+    backend = make_detector("blazeface")
+    calls = []
+    original = backend.detect
+
+    def counted(image, min_score=None):
+        calls.append(image.shape[:2])
+        return original(image, min_score)
+
+    backend.detect = counted
+    detector = ScheduledDetector(backend, every=K, search_every=2)
+    called, errors = [], []
+    for i in range(2 * K):
+        before = len(calls)
+        boxes, _, _ = detector.detect("s", i, frame_with(face, x=150 + 4 * i))
+        called.append(len(calls) > before)
+        assert len(boxes) == 1, f"frame {i}"
+        truth, _ = make_detector("blazeface").detect(frame_with(face, x=150 + 4 * i))
+        errors.append(abs((boxes[0, 0] + boxes[0, 2] / 2) - (truth[0, 0] + truth[0, 2] / 2)))
+    # Frames 0 and K: full detections; 2 and 4 after each: searches; 1 and 3 after each: carried.
+    assert called == [True, False, True, False, True] * 2
+    assert max(errors) < 12.0, errors  # pixels, for a 160 px face moving 4 px per frame
+
+
 @pytest.mark.parametrize("carry", [True, False])
 def test_a_followed_face_a_full_detection_misses_is_kept(face, monkeypatch, carry):
     """A face shrinking from 160 to 80 pixels: followed by the local search, but at 80 pixels too
