@@ -7,7 +7,7 @@ Run it in the benchmark environment (bench/setup_fer_env.sh), which has `fer` in
 With `--models`, it compares model files instead (no `fer` needed): milliseconds per face
 through the pipeline classifier's own call (EmotionModel.probabilities: the model's flip-TTA
 policy included, so a face costs one or two crops) on FER2013 val faces, at each batch size:
-    .venv/bin/python -m bench.bench_classifier --models old.tflite new.tflite
+    .venv/bin/python -m bench.bench_classifier --models old.tflite new.tflite ensemble
 """
 
 from __future__ import annotations
@@ -57,24 +57,31 @@ def cpu_flags() -> dict[str, object]:
     return {"cpu": model, "vector_flags": sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))}
 
 
-def pipeline_cost(models: list[Path], count: int, batches: list[int], rounds: int, threads: int) -> dict:
-    """ms per face for each model through EmotionModel.probabilities (TTA policy included) on
-    `count` FER2013 val faces, per batch size; models interleaved in every round, medians."""
-    import numpy as np
+def crops_per_face(model, faces) -> float:
+    """Model calls per face: 1, plus the mirror where the model is unsure (summed over an
+    ensemble's members)."""
+    if hasattr(model, "members"):
+        return sum(crops_per_face(member, faces) for member in model.members)
+    if not model.flip_tta:
+        return 1.0
+    if model.info.flip_below >= 1.0:
+        return 2.0
+    plain = model.probabilities(faces, flip_tta=False)
+    return 1.0 + float((plain.max(axis=1) < model.info.flip_below).mean())
 
+
+def pipeline_cost(models: list[str], count: int, batches: list[int], rounds: int, threads: int) -> dict:
+    """ms per face for each model (or ensemble) through the classifier's own call
+    (`probabilities`: TTA policy included) on `count` FER2013 val faces, per batch size; models
+    interleaved in every round, medians."""
     from core.config import DEFAULT_FER_DATA
-    from core.model_io import EmotionModel
+    from core.model_io import load_model
     from training.data import load_faces
 
     faces = load_faces(DEFAULT_FER_DATA, split="val").images[:count]
-    loaded = {str(path): EmotionModel(path, threads=threads) for path in models}
+    loaded = {name: load_model(name, threads=threads) for name in models}
     times: dict[tuple[str, int], list[float]] = {}
-    crops: dict[str, float] = {}
-    for name, model in loaded.items():  # crops per face: 1, plus the mirror where the model is unsure
-        plain = model.probabilities(faces, flip_tta=False)
-        unsure = plain.max(axis=1) < model.info.flip_below if model.flip_tta else np.zeros(len(faces), bool)
-        crops[name] = 1.0 + float(unsure.mean()) if model.flip_tta and model.info.flip_below < 1.0 else \
-            (2.0 if model.flip_tta else 1.0)
+    crops = {name: crops_per_face(model, faces) for name, model in loaded.items()}
     for _ in range(rounds):
         for name, model in loaded.items():
             for batch in batches:
@@ -98,8 +105,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
-    parser.add_argument("--models", nargs="+", type=Path,
-                        help="compare these model files per face through the pipeline's call (no fer needed)")
+    parser.add_argument("--models", nargs="+",
+                        help="compare these model files (or `ensemble`, or comma lists) per face through the "
+                             "pipeline's call (no fer needed)")
     parser.add_argument("--faces", type=int, default=512, help="with --models: how many val faces")
     args = parser.parse_args()
     if args.models:

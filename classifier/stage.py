@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
 from core.config import ClassifierConfig
 from core.emotions import NUM_EMOTIONS
 from core.messages import Classified, Faces, Message, header
-from core.model_io import EmotionModel, configure_tensorflow_threads, default_model
+from core.model_io import EmotionModel, EnsembleModel, configure_tensorflow_threads, load_model, model_members
 from core.preprocess import INPUT_SIZE
 from core.runtime import StageIO, running
 
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 NO_CROPS = np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
 
 
-def classify_batch(model: EmotionModel, pending: list[Faces], forward_crops: bool = True) -> list[Classified]:
+def classify_batch(model: EmotionModel | EnsembleModel, pending: list[Faces], forward_crops: bool = True) -> list[Classified]:
     """One model call for every face of `pending`; each message answered with its faces'
     probabilities (and crops, with `forward_crops`)."""
     crops = [m.crops for m in pending if len(m.crops)]
@@ -51,15 +50,14 @@ def classify_batch(model: EmotionModel, pending: list[Faces], forward_crops: boo
 def run(config: ClassifierConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     flip = {"auto": None, "on": True, "off": False}[config.flip_tta]
-    model_path = Path(config.model) if config.model else default_model()
-    if model_path.suffix != ".tflite":  # LiteRT models never load TensorFlow
+    if any(path.suffix != ".tflite" for path in model_members(config.model)):  # LiteRT never loads TensorFlow
         configure_tensorflow_threads(config.threads, 1)
-    model = EmotionModel(model_path, flip_tta=flip, precision=config.precision, threads=config.threads)
+    model = load_model(config.model, flip_tta=flip, precision=config.precision, threads=config.threads)
     model.probabilities(np.zeros((1, INPUT_SIZE, INPUT_SIZE), np.uint8))  # trace once before reporting ready
     pending: list[Faces] = []
     waiting_since = 0.0
     batches = faces_classified = 0
-    with running(StageIO.from_config("classifier", config), ready={"model": str(model.path)},
+    with running(StageIO.from_config("classifier", config), ready={"model": model.name},
                  final=lambda: {"batches": batches, "faces": faces_classified}) as io:
         while not stop.is_set():
             timeout = 200 if not pending else max(0, int(config.max_wait_ms - (time.monotonic() - waiting_since) * 1000))

@@ -29,6 +29,12 @@ from core.preprocess import INPUT_SIZE
 DEFAULT_PIPELINE_MODEL_PATH = PROJECT_ROOT / "models" / "emojimation_cnn.tflite"
 
 
+# `--model ensemble`: the project's own models answering together (their mean calibrated
+# probabilities). The manifest lists the members, relative to models/; measured in models/README.md.
+ENSEMBLE = "ensemble"
+ENSEMBLE_MANIFEST = PROJECT_ROOT / "models" / "ensemble.json"
+
+
 def default_model() -> Path:
     """The one answer to "which model classifies when none is named": the pipeline, `evaluate`
     and the Python API all use it (the LiteRT export, or the Keras file if there is no export)."""
@@ -218,6 +224,7 @@ class EmotionModel:
     def __init__(self, path: str | Path | None = None, flip_tta: bool | None = None,
                  precision: str = "auto", threads: int = 1) -> None:
         self.path = Path(path) if path else default_model()
+        self.name = str(self.path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         self.info = ModelInfo.load(metadata_path(self.path))
@@ -274,8 +281,63 @@ class EmotionModel:
     def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
         return softmax(self.logits(faces, flip_tta) / self.info.temperature)
 
+    def probabilities_before_and_after_scaling(self, faces: np.ndarray, flip_tta: bool | None = None
+                                               ) -> tuple[np.ndarray, np.ndarray]:
+        """(softmax of the raw logits, calibrated probabilities): calibration reports need both."""
+        logits = self.logits(faces, flip_tta)
+        return softmax(logits), softmax(logits / self.info.temperature)
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def model_members(model: str | Path | None) -> list[Path]:
+    """A `--model` value as the model files it names. Empty: the shipped model. `ensemble`: the
+    members models/ensemble.json lists. Commas separate the members of an ensemble
+    (`a.tflite,b.keras`), unless the whole value names an existing file."""
+    if model is None or not str(model).strip():
+        return [default_model()]
+    text = str(model)
+    if text == ENSEMBLE and not Path(text).exists():
+        try:
+            names = json.loads(ENSEMBLE_MANIFEST.read_text())["members"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ModelError(f"{ENSEMBLE_MANIFEST}: cannot read the ensemble's members ({error})") from None
+        return [ENSEMBLE_MANIFEST.parent / name for name in names]
+    if "," not in text or Path(text).is_file():
+        return [Path(text)]
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise ModelError(f"--model {text!r}: an empty name in the list (separate model files with single commas)")
+    return [Path(part) for part in parts]
+
+
+class EnsembleModel:
+    """Several models answering as one: the mean of their calibrated probabilities, each member
+    with its own temperature and flip policy. Costs the sum of its members' time."""
+
+    def __init__(self, paths: list[Path], flip_tta: bool | None = None, precision: str = "auto",
+                 threads: int = 1) -> None:
+        self.members = [EmotionModel(path, flip_tta, precision, threads) for path in paths]
+        self.name = f"ensemble of {len(self.members)} models: {', '.join(str(m.path) for m in self.members)}"
+
+    def probabilities(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
+        return sum(member.probabilities(faces, flip_tta) for member in self.members) / len(self.members)
+
+    def probabilities_before_and_after_scaling(self, faces: np.ndarray, flip_tta: bool | None = None
+                                               ) -> tuple[np.ndarray, np.ndarray]:
+        """The means of the members' softmax before and after temperature scaling."""
+        pairs = [member.probabilities_before_and_after_scaling(faces, flip_tta) for member in self.members]
+        return sum(raw for raw, _ in pairs) / len(pairs), sum(scaled for _, scaled in pairs) / len(pairs)
+
+
+def load_model(model: str | Path | None = None, flip_tta: bool | None = None, precision: str = "auto",
+               threads: int = 1) -> "EmotionModel | EnsembleModel":
+    """The model (or ensemble) a `--model` value names (see `model_members`)."""
+    members = model_members(model)
+    if len(members) == 1:
+        return EmotionModel(members[0], flip_tta, precision, threads)
+    return EnsembleModel(members, flip_tta, precision, threads)

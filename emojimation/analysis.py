@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from core.config import AggregatorConfig, AnalyseConfig, ClassifierConfig, DetectorConfig, IngestConfig, default_store_url
-from core.errors import DataError
+from core.errors import DataError, ModelError
 from core.messages import Status, StatusEvent
-from core.model_io import ModelInfo, default_model, metadata_path
+from core.model_io import ModelInfo, metadata_path, model_members
 from core.store import Store
 from emojimation.supervisor import PipelineError, RestartBudget, Supervisor, describe_death, record_event
 from emojimation.topology import Topology, boot
@@ -196,7 +196,16 @@ def model_name(model: str) -> str:
 
 
 def model_summary(model: str) -> dict[str, Any]:
-    path = Path(model) if model else default_model()
+    """summary.json's `model`: the file, its name, temperature and flip TTA; for an ensemble
+    (`--model ensemble` or a comma list) its members' summaries, and no temperature of its own."""
+    members = model_members(model)
+    if len(members) > 1:
+        parts = [model_summary(str(path)) for path in members]
+        return {"path": model, "name": "ensemble of " + " + ".join(part["name"] for part in parts),
+                "temperature": None, "flip_tta": None, "labels": parts[0]["labels"], "members": parts}
+    path = members[0]
+    if not path.is_file():  # before any stage starts, not after the classifier's restarts
+        raise ModelError(f"{path}: model file not found")
     info = ModelInfo.load(metadata_path(path))
     return {"path": str(path), "name": info.extra.get("name", path.stem), "temperature": info.temperature,
             "flip_tta": info.flip_tta, "labels": info.labels}

@@ -19,7 +19,7 @@ import pytest
 from bench.agreement import pasted_overlap, segment_rows
 from bench.synthetic import SHARED_DATA, ScheduledFace, compose_clip, require_shared_data, val_faces
 from core.emotions import EMOTIONS
-from core.model_io import EmotionModel, default_model
+from core.model_io import DEFAULT_PIPELINE_MODEL_PATH, EmotionModel, default_model, model_members
 from emojimation.results import DETECTION_COLUMNS, TRACK_COLUMNS
 from helpers_processes import MARKER_VARIABLE, ProcessMarker, stage_processes
 
@@ -218,6 +218,30 @@ def test_pipeline_agrees_with_classifier_on_scheduled_faces(clips, tmp_path):
     assert np.median(overlaps) >= 0.7, f"boxes off the faces: median IoU {np.median(overlaps):.2f}"
 
 
+def test_model_ensemble_classifies_with_the_mean_of_its_members(clips, tmp_path):
+    """`--model ensemble`: the shipped ensemble (models/ensemble.json) classifies every face with
+    the mean of its members' calibrated probabilities: the same boxes as each member alone, and
+    each face's probabilities the mean of the members' own runs; summary.json names the members."""
+    members = model_members("ensemble")
+    runs = {}
+    for name in ["ensemble", *map(str, members)]:
+        out = tmp_path / f"out{len(runs)}"
+        result = analyse(clips["faces"], "--out", out, "--fps", 2, "--json", "--model", name,
+                         "--store", f"sqlite:///{tmp_path}/s{len(runs)}.db", home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs[name] = (json.loads(result.stdout), pd.read_csv(out / "detections.csv"))
+    summary, ensemble = runs["ensemble"]
+    assert summary["model"]["path"] == "ensemble" and summary["model"]["name"].startswith("ensemble of ")
+    assert [m["path"] for m in summary["model"]["members"]] == [str(m) for m in members]
+    alone = [runs[str(m)][1] for m in members]
+    assert len(ensemble) > 10 and all(len(a) == len(ensemble) for a in alone)
+    for table in alone:
+        np.testing.assert_allclose(table[["frame", "x", "y", "w", "h"]], ensemble[["frame", "x", "y", "w", "h"]])
+    mean = sum(table[list(EMOTIONS)].to_numpy() for table in alone) / len(alone)
+    np.testing.assert_allclose(ensemble[list(EMOTIONS)].to_numpy(), mean, atol=2e-5)
+    assert not np.allclose(alone[0][list(EMOTIONS)].to_numpy(), mean, atol=1e-3)  # the members differ
+
+
 def test_segment_rows_scores_the_track_on_the_face():
     """The agreement benchmark's two ways to pick a segment's track: a false box that lasts longer
     than the face's own track wins by length, and loses once the track must lie on the face."""
@@ -267,6 +291,21 @@ def test_bad_input_one_line_error_no_output(bad_inputs, tmp_path, case):
     assert lines[0].startswith("emojimation: error: ") and str(path) in lines[0]
     assert "Traceback" not in result.stderr
     assert not out.exists() or not any(out.iterdir())  # (analyse() checked that no process is left)
+
+
+@pytest.mark.parametrize("model", ["gone.tflite", "ensemble-of-one.tflite,gone.tflite"])
+def test_a_missing_model_is_one_line_before_any_stage_starts(clips, tmp_path, model):
+    """A model file (or an ensemble member) that is not there: one line naming it, in well under
+    the time the classifier's restarts would take, and no output."""
+    (tmp_path / "ensemble-of-one.tflite").write_bytes(DEFAULT_PIPELINE_MODEL_PATH.read_bytes())
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = analyse(clips["gaps"], "--out", out, "--model", ",".join(str(tmp_path / m) for m in model.split(",")),
+                     home=tmp_path)
+    assert result.returncode == 1 and time.monotonic() - started < 5.0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"emojimation: error: {tmp_path / 'gone.tflite'}: model file not found"], result.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_good_inputs_still_analysed_beside_bad_ones(bad_inputs, clips, tmp_path):

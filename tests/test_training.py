@@ -510,18 +510,21 @@ def test_evaluate_an_ensemble_of_models(small_fer, fer_cache, tmp_path):
     assert proc.returncode != 0 and "gone.keras" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_evaluate_model_lists_keep_a_comma_in_a_file_name_and_refuse_empty_members(tmp_path):
-    from core.errors import DataError
-    from training.evaluate import model_paths
+def test_model_lists_keep_a_comma_in_a_file_name_and_refuse_empty_members(tmp_path):
+    from core.errors import ModelError
+    from core.model_io import ENSEMBLE_MANIFEST, default_model, model_members
 
     odd = tmp_path / "model,v2.keras"
     odd.write_bytes(b"")
-    assert model_paths(str(odd)) == [str(odd)]  # an existing file is one model, comma or not
-    assert model_paths("a.keras, b.keras") == ["a.keras", "b.keras"]
-    assert model_paths("") == [None] and model_paths(None) == [None]  # the shipped model
+    assert model_members(str(odd)) == [odd]  # an existing file is one model, comma or not
+    assert model_members("a.keras, b.keras") == [Path("a.keras"), Path("b.keras")]
+    assert model_members("") == [default_model()] and model_members(None) == [default_model()]  # the shipped model
+    members = model_members("ensemble")  # the shipped ensemble: every member is a file
+    assert len(members) >= 2 and all(m.is_file() and m.parent.is_relative_to(ENSEMBLE_MANIFEST.parent)
+                                      for m in members)
     for bad in ("a.keras,,b.keras", ",", "a.keras,"):
-        with pytest.raises(DataError, match="empty name"):
-            model_paths(bad)
+        with pytest.raises(ModelError, match="empty name"):
+            model_members(bad)
 
 
 def test_a_tflite_model_keeps_its_weights_when_the_file_goes_away(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 from core.config import EvaluateConfig
 from core.emotions import EMOTIONS, NUM_EMOTIONS
 from core.errors import DataError
-from core.model_io import EmotionModel, softmax
+from core.model_io import EnsembleModel, load_model
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -97,19 +97,6 @@ def save_confusion_png(result: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def model_paths(model: str | None) -> list[str | None]:
-    """`--model`'s value as a list: empty is the shipped model, commas separate the members of
-    an ensemble (`a.keras,b.keras`), unless the whole value names an existing file."""
-    if not model or not model.strip():
-        return [None]
-    if "," not in model or Path(model).is_file():
-        return [model]
-    paths = [part.strip() for part in model.split(",")]
-    if not all(paths):
-        raise DataError(f"--model {model!r}: an empty name in the list (separate model files with single commas)")
-    return list(paths)
-
-
 def evaluate(data: str, model_path: str | None = None, split: str | None = None, tta: str = "auto",
              precision: str = "auto") -> tuple[dict[str, Any], float, float, str]:
     """Scores of one model, or of an ensemble (several paths, comma-separated): the mean of the
@@ -124,19 +111,15 @@ def evaluate(data: str, model_path: str | None = None, split: str | None = None,
     faces = load_faces(path, split)
     if len(faces) == 0:
         raise DataError(f"{data}: no faces to evaluate")
-    members = model_paths(model_path)
-    models = [EmotionModel(member, precision=precision) for member in members]
+    model = load_model(model_path, precision=precision)
     flip = {"auto": None, "on": True, "off": False}[tta]
-    raw, calibrated = np.zeros((len(faces), NUM_EMOTIONS)), np.zeros((len(faces), NUM_EMOTIONS))
-    for model in models:
-        logits = np.concatenate([model.logits(faces.images[i:i + 256], flip) for i in range(0, len(faces), 256)])
-        raw += softmax(logits) / len(models)
-        calibrated += softmax(logits / model.info.temperature) / len(models)
+    pairs = [model.probabilities_before_and_after_scaling(faces.images[i:i + 256], flip)
+             for i in range(0, len(faces), 256)]
+    raw, calibrated = np.concatenate([raw for raw, _ in pairs]), np.concatenate([scaled for _, scaled in pairs])
     result = metrics(faces.labels, calibrated.argmax(axis=1))
     ece_raw = expected_calibration_error(raw, faces.labels)
     ece = expected_calibration_error(calibrated, faces.labels)
-    source = faces.source if len(models) == 1 else \
-        f"{faces.source} (ensemble of {len(models)} models: {', '.join(str(m.path) for m in models)})"
+    source = f"{faces.source} ({model.name})" if isinstance(model, EnsembleModel) else faces.source
     return result, ece_raw, ece, source
 
 
