@@ -19,7 +19,7 @@ segment by the track on the face rather than its longest track (a false box on t
 can be the longest).
 
     .venv/bin/python -m bench.agreement [--seeds 7 11 13] [--faces 42] [--detectors haar blazeface]
-                                        [--models models/emojimation_cnn.tflite other.tflite]
+                                        [--models models/emojimation_cnn.tflite other.tflite ensemble]
                                         [--margins 0.05] [--low-pass 0 0.5] [--jitter none shift9]
                                         [--match-iou 0.5] [--val] [--work DIR] [--detect-every 1 5]
                                         [--search-every 1 2]
@@ -42,7 +42,7 @@ import pandas as pd
 from bench.synthetic import compose_clip, require_shared_data, val_faces
 from core.boxes import iou_matrix
 from core.emotions import EMOTIONS
-from core.model_io import EmotionModel, default_model
+from core.model_io import EmotionModel, EnsembleModel, default_model, load_model
 from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
 from training.data import load_folder
 
@@ -147,7 +147,7 @@ def low_passed(faces: np.ndarray, sigma: float) -> np.ndarray:
     return faces if sigma <= 0 else np.stack([cv2.GaussianBlur(face, (0, 0), sigma) for face in faces])
 
 
-def score(model: EmotionModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0,
+def score(model: EmotionModel | EnsembleModel, crops: list[np.ndarray | None], schedule, low_pass: float = 0.0,
           jitter: str = "none") -> dict:
     """Counts of segments found, agreeing with the face alone, and right (pipeline / face alone)."""
     want = faces_alone_probabilities(model, np.stack([s.face for s in schedule]), low_pass, jitter).argmax(axis=1)
@@ -168,14 +168,14 @@ def face_jitters(face: np.ndarray, jitter: str) -> list[np.ndarray]:
     return jittered_crops(face, (0, 0, face.shape[1], face.shape[0]), CropGeometry(), jitter)
 
 
-def faces_alone_probabilities(model: EmotionModel, faces: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
+def faces_alone_probabilities(model: EmotionModel | EnsembleModel, faces: np.ndarray, low_pass: float, jitter: str) -> np.ndarray:
     """The model's answer (N, 7) on 48x48 faces, with the same jitter and low-pass as the crops, in one batch."""
     crops = np.stack([crop for face in faces for crop in face_jitters(face, jitter)])
     probabilities = model.probabilities(low_passed(crops, low_pass))
     return probabilities.reshape(len(faces), -1, len(EMOTIONS)).mean(axis=1)
 
 
-def val_accuracy(model: EmotionModel, faces: np.ndarray, labels: np.ndarray, low_pass: float, jitter: str) -> float:
+def val_accuracy(model: EmotionModel | EnsembleModel, faces: np.ndarray, labels: np.ndarray, low_pass: float, jitter: str) -> float:
     """Does a jitter or low-pass that helps agreement cost accuracy? FER2013 val with it applied."""
     return float((faces_alone_probabilities(model, faces, low_pass, jitter).argmax(axis=1) == labels).mean())
 
@@ -194,7 +194,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13])
     parser.add_argument("--faces", type=int, default=42, help="faces per clip, drawn at random from every emotion")
     parser.add_argument("--detectors", nargs="+", default=["haar"])
-    parser.add_argument("--models", type=Path, nargs="+", default=[default_model()])
+    parser.add_argument("--models", nargs="+", default=[str(default_model())],
+                        help="model files, `ensemble` or comma lists (as analyse's --model)")
     parser.add_argument("--margins", type=float, nargs="+", default=None,
                         help="re-score with these crop margins too (default: the detector's own geometry only)")
     parser.add_argument("--low-pass", type=float, nargs="+", default=[0.0],
@@ -214,8 +215,9 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="emojimation-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
-    models = [EmotionModel(m) for m in args.models]
-    shipped = next((m for p, m in zip(args.models, models) if p.resolve() == default_model().resolve()), None)
+    models = [load_model(m) for m in args.models]
+    shipped = next((m for p, m in zip(args.models, models)
+                    if Path(p).is_file() and Path(p).resolve() == default_model().resolve()), None)
     totals: dict[tuple, dict] = {}  # (detector, margin, jitter, low-pass, model) -> summed counts
     frame_totals: dict[str, list[int]] = {}  # detector label -> [frames found, frames with a face]
 

@@ -113,3 +113,39 @@ def test_distill_learns_from_detector_crops(tmp_path, fer_cache, monkeypatch):
     faces = 8 * len(EMOTIONS) - len(EMOTIONS)  # a hold-out of 5 %: one face per emotion at this size
     assert f"on {faces} faces and {faces} of their {2 * faces} detector crops an epoch" in result.stdout, result.stdout
     assert (out / "emojimation_cnn.tflite").exists()
+
+
+def test_consistent_targets_are_the_teachers_mean_softmax_on_the_same_batch():
+    """Consistent teaching: each teacher's softmax at the temperature, on the batch given (the
+    student's augmented batch), averaged over the teachers."""
+    import keras
+
+    from core.model_io import softmax
+    from training.distill import consistent_targets
+
+    x = np.random.default_rng(0).uniform(0, 1, (4, 48, 48, 1)).astype(np.float32)
+    first = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    second = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    got = np.asarray(consistent_targets([first, second], x, 4.0))
+    expected = (softmax(first.predict(x, verbose=0) / 4.0) + softmax(second.predict(x, verbose=0) / 4.0)) / 2
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, np.asarray(consistent_targets([first, second], x[::-1].copy(), 4.0)))
+
+
+def test_consistent_teaching_runs_without_cached_answers_and_is_a_resume_setting(tmp_path, fer_cache):
+    """--consistent: the teachers answer every batch, so no teacher answers are cached; a run in
+    progress without it is not resumed with it (nor the other way)."""
+    data = build_small_fer(tmp_path, {e: 8 for e in EMOTIONS})
+    out = tmp_path / "out"
+    args = ["distill", "--teachers", DEFAULT_MODEL_PATH, "--data", data.split_root, "--split", "train", "--out", out,
+            "--epochs", 1, "--width", 8, "--batch-size", 32, "--average-last", 1, "--threads", 1]
+    result = run_cli(*args, "--consistent", cache_dir=fer_cache, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the teachers answering every augmented batch" in result.stdout
+    assert (out / "emojimation_cnn.tflite").exists() and not list(out.glob("teacher-targets-*.npz"))
+    state = out / "checkpoints-distill" / "state.json"
+    saved = json.loads(state.read_text())
+    saved["epoch"] = 1  # a run "in progress" at epoch 1 of 1 ...
+    state.write_text(json.dumps(saved))
+    refused = run_cli(*args, cache_dir=fer_cache, cwd=tmp_path, timeout=300)  # ... resumed without --consistent
+    assert refused.returncode == 1 and "other settings (consistent)" in refused.stderr, refused.stderr

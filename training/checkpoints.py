@@ -29,7 +29,7 @@ class EpochCheckpoints:
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"epoch": 0}
         if state["epoch"] and state.get("settings") != self.settings:
             saved = state.get("settings") or {}
-            changed = [k for k in self.settings if saved.get(k) != self.settings[k]]
+            changed = [k for k in {**saved, **self.settings} if saved.get(k) != self.settings.get(k)]
             raise DataError(f"{self.folder}: a run with other settings ({', '.join(changed)}) is in progress;"
                             " use the same settings to resume, or --restart")
         return int(state["epoch"])

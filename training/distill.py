@@ -7,7 +7,8 @@ target. The student minimises
     (1 - soft_weight) * CE(label, student) + soft_weight * T^2 * KL(soft target || softmax(student / T))
 
 with the class weights and augmentation `train` uses, on the faces and, with `pairs`, on their
-detector crops (a crop learns its face's soft target). Checkpoints are written every epoch
+detector crops (a crop learns its face's soft target). With `consistent`, the teachers instead
+answer every augmented batch the student sees (nothing cached; about 2.5 times the time). Checkpoints are written every epoch
 (weights and optimizer state); the same command resumes a killed run, and a run with other
 settings is refused. At the end the last epochs' weights are averaged, the temperature is
 fitted on the hold-out slice, and the int8 LiteRT export the pipeline runs is written beside it.
@@ -39,7 +40,7 @@ from training.train import MODEL_FILENAME, append_history, class_weights, fit_te
 # Settings a resumed run must share with the run it resumes (the rest only affect the end).
 RESUME_KEYS = ("teachers", "data", "split", "pairs", "crops_per_face", "epochs", "batch_size", "learning_rate",
                "weight_decay", "warmup_epochs", "holdout_fraction", "class_weight_power", "soft_weight", "temperature",
-               "label_smoothing", "width", "seed", "limit")
+               "consistent", "label_smoothing", "width", "seed", "limit")
 
 
 def epoch_crops(crop_faces: np.ndarray, per_face: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,7 +59,8 @@ def epoch_crops(crop_faces: np.ndarray, per_face: int, rng: np.random.Generator)
 def _resume_signature(config: DistillConfig) -> dict[str, str]:
     """The settings a resumed run must share with the run it resumes, as text."""
     values = asdict(config)
-    return {k: str(values[k]) for k in RESUME_KEYS}
+    # A setting added later is left out at its default, so runs checkpointed before it resume.
+    return {k: str(values[k]) for k in RESUME_KEYS if not (k == "consistent" and not values[k])}
 
 
 def _file_digest(paths: list[Path]) -> str:
@@ -85,6 +87,15 @@ def teacher_logits(teachers: list[Path], images: np.ndarray, cache_dir: Path, pr
     np.savez(tmp, logits=logits)
     tmp.replace(cache)
     return logits
+
+
+def consistent_targets(teachers: list, x, temperature: float):
+    """The teachers' softmax at `temperature` on the batch `x` itself (the augmented picture the
+    student sees), averaged over teachers: (B, 7) float32 (a TensorFlow tensor)."""
+    import tensorflow as tf
+
+    answers = [tf.nn.softmax(tf.cast(teacher(x, training=False), tf.float32) / temperature) for teacher in teachers]
+    return tf.add_n(answers) / len(answers)
 
 
 def soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -133,7 +144,10 @@ def run(config: DistillConfig) -> Path:
     # TensorFlow's thread pools can be set only before its first use, which the teachers' logits are.
     quiet_tensorflow()
     configure_tensorflow_threads(config.threads, 1 if config.threads else None)
-    targets = soft_targets(teacher_logits(teachers, images, out, config.precision), config.temperature)
+    if config.consistent:  # the teachers answer every augmented batch: nothing to cache
+        targets = np.zeros((len(images), NUM_EMOTIONS), np.float32)
+    else:
+        targets = soft_targets(teacher_logits(teachers, images, out, config.precision), config.temperature)
     train_images, train_labels, train_targets = images[train_idx], labels[train_idx], targets[train_idx]
     faces_in_epoch = len(train_labels)
     crop_faces = np.zeros((0,), np.int64)
@@ -157,6 +171,7 @@ def run(config: DistillConfig) -> Path:
     bf16 = config.precision == "bfloat16" or (config.precision == "auto" and cpu_has_bf16())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
     model = make_model(width=config.width)
+    teacher_models = [_load_teacher(path, bf16, keras) for path in teachers] if config.consistent else []
     steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / 100,
@@ -171,6 +186,8 @@ def run(config: DistillConfig) -> Path:
     @tf.function(reduce_retracing=True)
     def train_step(x, y, soft):
         x = augment_batch(x)
+        if teacher_models:  # consistent teaching (decided when the step is traced)
+            soft = consistent_targets(teacher_models, x, t)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             label_loss = ce(tf.one_hot(y, NUM_EMOTIONS), logits)
@@ -192,7 +209,8 @@ def run(config: DistillConfig) -> Path:
     print(f"distilling {len(teachers)} teacher(s) into a width-{config.width} student"
           f" ({model.count_params():,} parameters) on {faces_in_epoch} faces and {crops_in_epoch} of their"
           f" {len(crop_faces)} detector crops an epoch, {steps_per_epoch} steps/epoch,"
-          f" {'mixed_bfloat16' if bf16 else 'float32'}", flush=True)
+          f" {'mixed_bfloat16' if bf16 else 'float32'}"
+          f"{', the teachers answering every augmented batch' if config.consistent else ''}", flush=True)
 
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
@@ -219,6 +237,17 @@ def run(config: DistillConfig) -> Path:
 
     return _finish(config, teachers, out, backup_dir, images[hold_idx], labels[hold_idx], make_model,
                    average_weight_files, keras)
+
+
+def _load_teacher(path: Path, bf16: bool, keras):
+    """A teacher for consistent teaching: its Keras model, computing in bfloat16 where the student does."""
+    from core.model_io import with_compute_dtype
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file
+        raise ModelError(f"{path}: cannot load teacher ({type(error).__name__}: {error})") from None
+    return with_compute_dtype(model, "mixed_bfloat16") if bf16 else model
 
 
 def _finish(config: DistillConfig, teachers: list[Path], out: Path, backup_dir: Path, hold_images: np.ndarray,
