@@ -8,7 +8,7 @@ target. The student minimises
 
 with the class weights and augmentation `train` uses, on the faces and, with `pairs`, on their
 detector crops (a crop learns its face's soft target). With `consistent`, the teachers instead
-answer every augmented batch the student sees (nothing cached; about 2.5 times the time). Checkpoints are written every epoch
+answer every augmented batch the student sees (nothing cached; each step runs every teacher too). Checkpoints are written every epoch
 (weights and optimizer state); the same command resumes a killed run, and a run with other
 settings is refused. At the end the last epochs' weights are averaged, the temperature is
 fitted on the hold-out slice, and the int8 LiteRT export the pipeline runs is written beside it.
