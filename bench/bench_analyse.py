@@ -185,7 +185,9 @@ def main() -> None:
 
     cases = {f"emojimation ({detector})": ours(detector) for detector in args.detectors}
     for spec in args.variant:
-        label, _, arguments = spec.partition("=")
+        label, equals, arguments = spec.partition("=")
+        if not equals or not label:
+            parser.error(f"--variant {spec!r}: give NAME=ARGS, e.g. 'search2=--search-every 2'")
         for detector in args.detectors:
             cases[f"emojimation ({detector}) {label}"] = ours(detector, shlex.split(arguments))
     environments: dict[str, dict[str, str]] = {}

@@ -301,11 +301,13 @@ def model_members(model: str | Path | None) -> list[Path]:
     if model is None or not str(model).strip():
         return [default_model()]
     text = str(model)
-    if text == ENSEMBLE and not Path(text).exists():
+    if text == ENSEMBLE and not Path(text).is_file():
         try:
             names = json.loads(ENSEMBLE_MANIFEST.read_text())["members"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise ModelError(f"{ENSEMBLE_MANIFEST}: cannot read the ensemble's members ({error})") from None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ModelError(f"{ENSEMBLE_MANIFEST}: `members` must be a non-empty list of model file names")
         return [ENSEMBLE_MANIFEST.parent / name for name in names]
     if "," not in text or Path(text).is_file():
         return [Path(text)]
@@ -321,6 +323,8 @@ class EnsembleModel:
 
     def __init__(self, paths: list[Path], flip_tta: bool | None = None, precision: str = "auto",
                  threads: int = 1) -> None:
+        if not paths:
+            raise ModelError("an ensemble needs at least one model")
         self.members = [EmotionModel(path, flip_tta, precision, threads) for path in paths]
         self.name = f"ensemble of {len(self.members)} models: {', '.join(str(m.path) for m in self.members)}"
 

@@ -35,7 +35,8 @@ HELP = {
     "input": "video files, images or folders of images",
     "detector": f"face detector backend ({', '.join(cfg.DETECTORS)})",
     "store": "results database URL (default sqlite under $EMOJIMATION_HOME)",
-    "model": "model file, .keras or .tflite (default: the shipped models/emojimation_cnn.tflite)",
+    "model": "model file, .keras or .tflite (default: the shipped models/emojimation_cnn.tflite); `ensemble`: "
+             "the shipped ensemble (models/ensemble.json); several files, comma-separated (A,B,C): an ensemble of them",
     "listen": "address this stage's input binds on, for upstream workers that --push to it",
     "push": "address(es) this stage's output connects to, e.g. a relay or an aggregator's --listen (repeatable)",
     "curve_dir": "CurveZMQ keys folder (`emojimation keys generate DIR`): encrypt and authenticate every tcp:// link",

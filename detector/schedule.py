@@ -6,7 +6,9 @@ them a face moves little, so each box is carried forward by its own velocity and
 by a local search: the same detector runs once on a square window around the predicted box
 (2.5 times its size, resized to the model's input: one small call per face), and the box it
 finds there replaces the prediction. A weak box not found there is dropped (most are false
-boxes); a clear face lost calls a full detection. Every frame still gets its own crops, cut where the face now is.
+boxes); a clear face lost calls a full detection. Every frame still gets its own crops, cut where
+the face now is. With `search_every` N > 1 the local search runs on every N-th frame only, and
+the frames between get each box carried by its velocity alone (no model call).
 A full detection runs anyway when:
   - K frames of the stream have passed since the last one (`every`);
   - the picture changed a lot outside the followed boxes (a scene cut, someone walking in): a
@@ -72,7 +74,7 @@ MAX_MISSED_DETECTIONS = 2
 
 @dataclass
 class StreamState:
-    frame_index: int  # the last frame this worker handled
+    frame_index: int  # the last frame this worker detected or searched (carried frames leave the state alone)
     detected_at: int  # the frame index of the last full detection
     boxes: np.ndarray  # (n, 4) x, y, w, h in frame pixels, as of `frame_index`
     scores: np.ndarray
@@ -128,7 +130,9 @@ class ScheduledDetector:
             return True  # a new or repeated stream position, or the schedule
         if not len(state.boxes):
             return True  # nothing to follow: a face too faint for one detection may be found in the next
-        return _change_outside(state.thumb, thumb, state.boxes, shape) > CHANGE_THRESHOLD
+        # The faces' predicted boxes, not their last searched ones: with search_every > 1 those can be frames old.
+        predicted = state.boxes + state.velocity * steps
+        return _change_outside(state.thumb, thumb, predicted, shape) > CHANGE_THRESHOLD
 
     def _full(self, stream: str, state: StreamState | None, frame_index: int, image: np.ndarray,
               thumb: np.ndarray, searched: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -225,6 +225,11 @@ def settings_key(config: AnalyseConfig) -> str:
     every run id, so `--resume` never carries on a run made with other settings."""
     settings = [None if config.every_frame else config.fps, config.detector, model_name(config.model),
                 config.max_side]
+    # The schedule's settings too, when not the defaults (so runs interrupted before they counted resume).
+    schedule = {"detect_every": config.detect_every, "search_every": config.search_every}
+    defaults = {name: getattr(AnalyseConfig, name) for name in schedule}
+    if schedule != defaults:
+        settings.append(schedule)
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 
 

@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class table and confusion matrix")
     evaluate.add_argument("--config", help="TOML settings file ([evaluate] table)")
     evaluate.add_argument("--data", required=True, help="emotion-folder root, split root, or fer2013.csv")
-    evaluate.add_argument("--model", default=None, help=HELP["model"] + "; several, comma-separated (A,B,C), are "
-                          "scored as an ensemble: the mean of their calibrated probabilities")
+    evaluate.add_argument("--model", default=None, help=HELP["model"] + "; an ensemble is scored on the mean of "
+                          "its members' calibrated probabilities")
     evaluate.add_argument("--split", default=None, help="split folder (default val) or CSV Usage (default PrivateTest)")
     evaluate.add_argument("--json", action="store_true", default=None,
                           help="print one JSON object on stdout, nothing else")

@@ -88,3 +88,26 @@ def test_min_track_frames_reaches_the_aggregator_from_analyse_and_monitor():
         load(AnalyseConfig, "analyse", None, {"min_track_frames": 0}, environ={})
     with pytest.raises(ConfigError, match="min_track_frames"):
         load(AggregatorConfig, "aggregator", None, environ={"EMOJIMATION_MIN_TRACK_FRAMES": "0"})
+
+
+def test_search_every_reaches_the_detectors_of_analyse_and_monitor():
+    """--search-every from the command line ends in the DetectorConfig both pipelines start,
+    changes a file run's settings key (so --resume never mixes schedules), and 0 is refused."""
+    import threading
+
+    from core.config import AnalyseConfig, Camera, MonitorConfig
+    from core.process import config_overrides
+    from emojimation.analysis import file_topology, settings_key
+    from emojimation.cli import build_parser
+    from emojimation.monitor import Monitor, MonitorPlan
+
+    args = build_parser().parse_args(["analyse", "a.mp4", "--search-every", "2"])
+    analyse = load(AnalyseConfig, "analyse", None, config_overrides(args, AnalyseConfig), environ={})
+    assert file_topology(analyse, ["a.mp4"]).detector.search_every == 2
+    assert settings_key(analyse) != settings_key(AnalyseConfig())
+    args = build_parser().parse_args(["monitor", "cam.mp4", "--search-every", "3"])
+    monitor = load(MonitorConfig, "monitor", None, config_overrides(args, MonitorConfig), environ={})
+    plan = MonitorPlan(monitor, [Camera(name="cam", url="cam.mp4")])
+    assert Monitor(plan, supervisor=None, stop=threading.Event()).topology().detector.search_every == 3
+    with pytest.raises(ConfigError, match="search_every must be at least 1, got 0"):
+        load(AnalyseConfig, "analyse", None, {"search_every": 0}, environ={})

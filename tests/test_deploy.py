@@ -713,7 +713,8 @@ def test_dockerfile_builds_the_image_the_deployment_needs():
 def test_dockerignore_keeps_what_the_image_needs_and_drops_secrets():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = ["pyproject.toml", "README.md", "models/emojimation_cnn.tflite", "models/emojimation_cnn.keras",
-              "models/emojimation_cnn.json"]
+              "models/emojimation_cnn.json", "models/ensemble.json", "models/ensemble/seed1.tflite",
+              "models/ensemble/seed1.json", "models/ensemble/seed2-w24.tflite", "models/ensemble/seed2-w24.json"]
     needed += [package.replace(".", "/") + "/__init__.py" for package in pyproject["tool"]["setuptools"]["packages"]]
     for path in needed:
         assert (ROOT / path).exists() or path.endswith("__init__.py"), f"{path} is missing from the project"

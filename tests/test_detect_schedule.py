@@ -84,8 +84,10 @@ def test_carried_boxes_follow_a_moving_face(face):
 
 
 def test_search_every_two_carries_boxes_on_the_frames_between_searches(face):
-    """`search_every=2`: between full detections the model runs on every second frame only (one
-    call per search, counted); every frame still gets a box on the moving face."""
+    """`search_every=2`: between full detections the model runs on every second frame only (its
+    calls counted); every frame still gets a box on the face, and a carried box moves with the
+    face's velocity: a face moving 10 px a frame is boxed within 4 px on the carried frames once
+    its velocity is known (a box left where it was would be 10 px off)."""
     backend = make_detector("blazeface")
     calls = []
     original = backend.detect
@@ -96,17 +98,18 @@ def test_search_every_two_carries_boxes_on_the_frames_between_searches(face):
 
     backend.detect = counted
     detector = ScheduledDetector(backend, every=K, search_every=2)
-    called, errors = [], []
-    for i in range(2 * K):
+    called, carried_errors = [], []
+    for i in range(3 * K):
         before = len(calls)
-        boxes, _, _ = detector.detect("s", i, frame_with(face, x=150 + 4 * i))
+        boxes, _, _ = detector.detect("s", i, frame_with(face, x=60 + 10 * i))
         called.append(len(calls) > before)
         assert len(boxes) == 1, f"frame {i}"
-        truth, _ = make_detector("blazeface").detect(frame_with(face, x=150 + 4 * i))
-        errors.append(abs((boxes[0, 0] + boxes[0, 2] / 2) - (truth[0, 0] + truth[0, 2] / 2)))
-    # Frames 0 and K: full detections; 2 and 4 after each: searches; 1 and 3 after each: carried.
-    assert called == [True, False, True, False, True] * 2
-    assert max(errors) < 12.0, errors  # pixels, for a 160 px face moving 4 px per frame
+        if not called[-1] and i > K:
+            truth, _ = make_detector("blazeface").detect(frame_with(face, x=60 + 10 * i))
+            carried_errors.append(abs((boxes[0, 0] + boxes[0, 2] / 2) - (truth[0, 0] + truth[0, 2] / 2)))
+    # Frames 0, K, 2K: full detections; 2 and 4 after each: searches; 1 and 3 after each: carried.
+    assert called == [True, False, True, False, True] * 3
+    assert len(carried_errors) == 4 and max(carried_errors) < 4.0, carried_errors
 
 
 @pytest.mark.parametrize("carry", [True, False])

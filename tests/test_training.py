@@ -527,6 +527,18 @@ def test_model_lists_keep_a_comma_in_a_file_name_and_refuse_empty_members(tmp_pa
             model_members(bad)
 
 
+@pytest.mark.parametrize("manifest", ['{"members": []}', '{"members": [1]}', '{"members": "ab"}', "{", "{}"])
+def test_a_broken_ensemble_manifest_is_one_clear_error(tmp_path, monkeypatch, manifest):
+    import core.model_io as model_io
+    from core.errors import ModelError
+
+    broken = tmp_path / "ensemble.json"
+    broken.write_text(manifest)
+    monkeypatch.setattr(model_io, "ENSEMBLE_MANIFEST", broken)
+    with pytest.raises(ModelError, match="ensemble"):
+        model_io.model_members("ensemble")
+
+
 def test_a_tflite_model_keeps_its_weights_when_the_file_goes_away(tmp_path):
     """Interpreters for new batch sizes are made on first use, from the bytes read at load: a
     classifier whose model file was replaced or removed since keeps answering the same."""

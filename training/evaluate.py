@@ -128,7 +128,9 @@ def evaluate_command(config: EvaluateConfig) -> int:
     result, ece_raw, ece, source = evaluate(config.data, config.model or None, config.split or None, config.tta,
                                             config.precision)
     png = Path(config.confusion_png)
-    save_confusion_png(result, png, f"{Path(source).name}: accuracy {result['accuracy']:.3f}")
+    data_source, _, ensemble = source.partition(" (ensemble of ")
+    label = Path(data_source).name + (f", ensemble of {ensemble.split(' ')[0]} models" if ensemble else "")
+    save_confusion_png(result, png, f"{label}: accuracy {result['accuracy']:.3f}")
     if config.json:
         print(json.dumps(result))
         print(f"confusion matrix picture: {png}", file=sys.stderr)
