@@ -141,8 +141,12 @@ class DetectorConfig(StageLinks):
     # composed-clip segments, at a fraction of the detector's cost (docs/benchmarks.md 3 and 10).
     detect_every: int = 5
     # Between full detections the local search runs on every N-th frame; the frames between carry
-    # each box by its velocity alone (no model call). 1 = a search on every frame.
-    search_every: int = 1
+    # each clear face's box by its velocity alone (no model call; while a weak box is followed,
+    # every frame is searched). 1 = a search on every frame. 2: the detector's CPU fell by a fifth
+    # to a quarter and analyse's wall time by 5-12 %, with the same rows on megamind.avi, the
+    # WolfgangLanger clip and the 720p clip and the same per-segment agreement on six composed
+    # clips (docs/benchmarks.md, section 10).
+    search_every: int = 2
 
 
 @dataclass
@@ -204,7 +208,7 @@ class AnalyseConfig:
     transport: str = "ipc"  # ipc | tcp (loopback)
     stall_timeout_s: float = 60.0  # no progress for this long = a stuck pipeline: fail clearly
     detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
-    search_every: int = 1  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
+    search_every: int = 2  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
     resume: bool = False  # continue the latest interrupted run of these inputs from what the store holds
     # A stage silent (no heartbeat) this long is hung: killed and restarted, as is a stage that died,
     # at most `restart_limit` times per stage within 60 s.
@@ -229,7 +233,7 @@ class MonitorConfig:
     stall_s: float = 5.0
     backoff_max_s: float = 30.0
     detect_every: int = 5  # full face detection every K-th frame, boxes tracked between (DetectorConfig)
-    search_every: int = 1  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
+    search_every: int = 2  # between detections, a local search every N-th frame, velocity alone between (DetectorConfig)
     # Frames older than this when a detector gets them are dropped (newest wins), and so are faces
     # older than this when a classifier gets them: no stage works on stale frames. Past capacity
     # this bounds the latency (below capacity queues stay empty): 1.0 gave p95 about 1 s at twice

@@ -105,7 +105,9 @@ class ScheduledDetector:
             return (*self._full(stream, state, frame_index, image, thumb), True)
         steps = frame_index - state.frame_index
         predicted = _clip(state.boxes + state.velocity * steps, image.shape)
-        if steps < self.search_every:  # carried by velocity alone; the state stays at the last search
+        if steps < self.search_every and (state.peak >= LOST_FACE_SCORE).all():
+            # Carried by velocity alone; the state stays at the last search. Only clear faces: a
+            # weak box must be found again by a search on every frame, or be dropped at once.
             return predicted, state.scores.copy(), False
         found = [search_window(self.detector, image, box,
                                min_score=FOLLOW_MIN_SCORE if peak >= LOST_FACE_SCORE else None)

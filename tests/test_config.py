@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.config import (
-    AggregatorConfig, AlertRule, DashboardConfig, FinetuneConfig, TrainConfig, load, read_monitor_file,
+    AggregatorConfig, AlertRule, DashboardConfig, DetectorConfig, FinetuneConfig, TrainConfig, load, read_monitor_file,
     rules_from_json,
 )
 from core.errors import ConfigError
@@ -101,13 +101,14 @@ def test_search_every_reaches_the_detectors_of_analyse_and_monitor():
     from emojimation.cli import build_parser
     from emojimation.monitor import Monitor, MonitorPlan
 
-    args = build_parser().parse_args(["analyse", "a.mp4", "--search-every", "2"])
+    assert AnalyseConfig().search_every == MonitorConfig().search_every == DetectorConfig().search_every == 2
+    args = build_parser().parse_args(["analyse", "a.mp4", "--search-every", "3"])
     analyse = load(AnalyseConfig, "analyse", None, config_overrides(args, AnalyseConfig), environ={})
-    assert file_topology(analyse, ["a.mp4"]).detector.search_every == 2
+    assert file_topology(analyse, ["a.mp4"]).detector.search_every == 3
     assert settings_key(analyse) != settings_key(AnalyseConfig())
-    args = build_parser().parse_args(["monitor", "cam.mp4", "--search-every", "3"])
+    args = build_parser().parse_args(["monitor", "cam.mp4", "--search-every", "1"])
     monitor = load(MonitorConfig, "monitor", None, config_overrides(args, MonitorConfig), environ={})
     plan = MonitorPlan(monitor, [Camera(name="cam", url="cam.mp4")])
-    assert Monitor(plan, supervisor=None, stop=threading.Event()).topology().detector.search_every == 3
+    assert Monitor(plan, supervisor=None, stop=threading.Event()).topology().detector.search_every == 1
     with pytest.raises(ConfigError, match="search_every must be at least 1, got 0"):
         load(AnalyseConfig, "analyse", None, {"search_every": 0}, environ={})

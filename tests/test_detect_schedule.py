@@ -112,6 +112,30 @@ def test_search_every_two_carries_boxes_on_the_frames_between_searches(face):
     assert len(carried_errors) == 4 and max(carried_errors) < 4.0, carried_errors
 
 
+def test_search_every_two_still_searches_every_frame_while_a_weak_box_is_followed(face, monkeypatch):
+    """Only clear faces are carried without a search: while any followed box never scored
+    LOST_FACE_SCORE (here: none can), every frame is searched, so a weak (often false) box that
+    a search cannot find again is dropped at once, as with search_every=1."""
+    monkeypatch.setattr(schedule, "LOST_FACE_SCORE", math.inf)
+    monkeypatch.setattr(schedule, "CONFIRM_BELOW", 0.0)  # (no confirming search for weak boxes)
+    backend = make_detector("blazeface")
+    calls = []
+    original = backend.detect
+
+    def counted(image, min_score=None):
+        calls.append(1)
+        return original(image, min_score)
+
+    backend.detect = counted
+    detector = ScheduledDetector(backend, every=K, search_every=2)
+    called = []
+    for i in range(K):
+        before = len(calls)
+        detector.detect("s", i, frame_with(face, x=60 + 10 * i))
+        called.append(len(calls) > before)
+    assert called == [True] * K
+
+
 @pytest.mark.parametrize("carry", [True, False])
 def test_a_followed_face_a_full_detection_misses_is_kept(face, monkeypatch, carry):
     """A face shrinking from 160 to 80 pixels: followed by the local search, but at 80 pixels too
