@@ -31,8 +31,9 @@ from core import config as cfg
 from core.config import (
     AggregatorConfig, ClassifierConfig, DetectorConfig, IngestConfig, MonitorConfig, default_store_url,
 )
-from core.errors import ConfigError, EmojimationError, database_errors, redact_url
+from core.errors import ConfigError, EmojimationError, ModelError, database_errors, redact_url
 from core.messages import Frame, MessageError, Status, StatusEvent, Tracked, decode
+from core.model_io import model_members
 from core.security import LinkSecurity
 from core.store import Store
 from emojimation.analysis import model_name
@@ -96,9 +97,20 @@ def plan(sources: list[str], config_file: str | None, overrides: dict[str, Any],
         problems.append(f"stages {config.stages!r}: choose all or ingest")
     if config is not None and config.stages == "ingest" and not config.push:
         problems.append("--stages ingest needs --push ADDR (where the camera frames go)")
+    if config is not None and config.stages == "all":  # this monitor classifies: its model must be there
+        problems += model_problems(config.model)
     if problems or config is None:
         return None, problems
     return MonitorPlan(config, cameras, [dataclasses.asdict(rule) for rule in file.alerts]), []
+
+
+def model_problems(model: str) -> list[str]:
+    """What is wrong with a `model` setting (a file, `ensemble` or a comma list): one line each."""
+    try:
+        members = model_members(model)
+    except ModelError as error:
+        return [f"model: {error}"]
+    return [f"model: {path}: model file not found" for path in members if not path.is_file()]
 
 
 def check_config_command(path: str) -> int:

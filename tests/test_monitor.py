@@ -211,6 +211,12 @@ def test_check_config_reports_every_wrong_key(tmp_path):
                      "missing 'url'", "'furious' is not one of", "min_prob: must be between 0 and 1",
                      "unknown table 'extra'"):
         assert sum(expected in line for line in errors) == 1, (expected, errors)
+    gone = tmp_path / "gone.toml"  # a model that is not there: found by the check, not at the first face
+    gone.write_text(good.read_text().replace("[monitor]\n", f'[monitor]\nmodel = "{tmp_path / "gone.tflite"}"\n'))
+    result = subprocess.run([sys.executable, "-m", "emojimation", "monitor", "--check-config", str(gone)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"emojimation: config error: model: {tmp_path / 'gone.tflite'}: model file not found"
 
 
 def test_rtsp_cameras_reconnect_and_a_dead_url_blocks_nothing(clips, tmp_path, processes):
