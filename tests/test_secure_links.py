@@ -341,8 +341,14 @@ def test_peers_without_an_authorised_key_are_refused_and_counted(stages, keys, t
         # An authorised client pair that trusts another server key: it must not talk to this one either.
         misled = _peer(context, address, keys / "client.key_secret", other / "server.key")
         for sock, name in ((plain, "plain"), (rogue, "unauthorised"), (misled, "wrong-server")):
+            # A refused peer's connection may be gone before its first send, and a PUSH socket
+            # without one blocks: give each send a second (the refusal is counted at the handshake).
+            sock.setsockopt(zmq.SNDTIMEO, 1000)
             for frames in _classified_stream(f"{name}/0", f"rogue://{name}", 3):
-                sock.send_multipart(frames)
+                try:
+                    sock.send_multipart(frames)
+                except zmq.Again:
+                    break
 
         def refused() -> dict | None:
             samples = scrape(port)
