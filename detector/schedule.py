@@ -101,10 +101,10 @@ class ScheduledDetector:
         if self.every == 1:  # every frame detected: no schedule, no state
             return (*self.detector.detect(image), True)
         thumb = _thumbnail(image)
-        if state is None or self._due(state, frame_index, thumb, image.shape):
+        steps = frame_index - state.frame_index if state is not None else 0
+        predicted = _clip(state.boxes + state.velocity * steps, image.shape) if state is not None else None
+        if state is None or self._due(state, frame_index, thumb, image.shape, predicted):
             return (*self._full(stream, state, frame_index, image, thumb), True)
-        steps = frame_index - state.frame_index
-        predicted = _clip(state.boxes + state.velocity * steps, image.shape)
         if steps < self.search_every and (state.peak >= LOST_FACE_SCORE).all():
             # Carried by velocity alone; the state stays at the last search. Only clear faces: a
             # weak box must be found again by a search on every frame, or be dropped at once.
@@ -126,14 +126,14 @@ class ScheduledDetector:
         state.boxes, state.scores, state.frame_index = boxes, scores, frame_index
         return boxes.copy(), scores.copy(), False
 
-    def _due(self, state: StreamState, frame_index: int, thumb: np.ndarray, shape: tuple[int, ...]) -> bool:
+    def _due(self, state: StreamState, frame_index: int, thumb: np.ndarray, shape: tuple[int, ...],
+             predicted: np.ndarray) -> bool:
+        """`predicted`: the faces' boxes now (the last searched ones can be frames old with search_every > 1)."""
         steps = frame_index - state.frame_index
         if steps <= 0 or frame_index - state.detected_at >= self.every:
             return True  # a new or repeated stream position, or the schedule
         if not len(state.boxes):
             return True  # nothing to follow: a face too faint for one detection may be found in the next
-        # The faces' predicted boxes, not their last searched ones: with search_every > 1 those can be frames old.
-        predicted = state.boxes + state.velocity * steps
         return _change_outside(state.thumb, thumb, predicted, shape) > CHANGE_THRESHOLD
 
     def _full(self, stream: str, state: StreamState | None, frame_index: int, image: np.ndarray,
