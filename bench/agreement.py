@@ -43,16 +43,18 @@ from bench.synthetic import compose_clip, require_shared_data, val_faces
 from core.boxes import iou_matrix
 from core.emotions import EMOTIONS
 from core.model_io import EmotionModel, EnsembleModel, default_model, load_model
-from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input
+from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input, frame_bgr
 from training.data import load_folder
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
-    """Every frame as BGR, decoded by ffmpeg (ingest sends I420 that the detector converts with
-    OpenCV: within a level or two of these pixels)."""
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:"],
+    """Every frame as BGR, as the pipeline sees it: ffmpeg decodes to I420 (ingest's pixel
+    format) and `frame_bgr` converts it, as the detector does (ffmpeg's own BGR differs by a
+    level or two, which tipped a few near-tie crops)."""
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "yuv420p", "pipe:"],
                          capture_output=True, check=True).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+    planes = np.frombuffer(raw, np.uint8).reshape(-1, height * 3 // 2, width, 1)
+    return np.stack([frame_bgr(picture, "i420") for picture in planes])
 
 
 def run_pipeline(clip: Path, detector: str, home: Path, detect_every: int = 1, search_every: int = 1) -> pd.DataFrame:
