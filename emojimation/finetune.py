@@ -3,8 +3,9 @@
 It sits on top, beside `analysis` and `monitor`: `training/` imports only the core, so the
 detectors are handed to it as plain callables. The crops are made once, in one process per
 core (at most 2), and cached under the user's cache folder. They depend on the data, the
-detectors, the renders per face, the seed and the number of processes (process k renders its
-share of the faces with seed + k), so all of these are in the cache file's name.
+detectors and their crop geometry, the renders per face, the seed and the number of processes
+(process k renders its share of the faces with seed + k), so all of these are in the cache
+file's name.
 """
 
 from __future__ import annotations
@@ -140,10 +141,12 @@ def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: 
     """The cached pairs file for these settings, made if missing.
 
     The file's name carries every input of the crops; the data and the backgrounds enter as a
-    hash of their pixels, so an edited data folder gets new crops. ("v2": renders on real
-    backgrounds, relit.)
+    hash of their pixels, so an edited data folder gets new crops, and the detectors' crop
+    geometry (core.preprocess.DETECTOR_CROPS) as a hash too, so a new margin gets new crops.
+    ("v2": renders on real backgrounds, relit.)
     """
     from core.config import cache_dir
+    from core.preprocess import DETECTOR_CROPS
     from training.data import load_faces
     from training.detector_crops import save_pairs
 
@@ -152,8 +155,9 @@ def prepare_pairs(data: Path, split: str, names: list[str], renders: int, seed: 
     background_hash = hashlib.sha256()
     for picture in backgrounds or []:
         background_hash.update(picture.tobytes())
+    geometry_key = hashlib.sha256(repr([DETECTOR_CROPS[name] for name in names]).encode()).hexdigest()[:8]
     cache = cache_dir() / (f"detector-crops-v2-{'-'.join(names)}-r{renders}-s{seed}-p{processes}-{split}"
-                           f"-{data_key}-bg{background_hash.hexdigest()[:8]}.npz")
+                           f"-{data_key}-bg{background_hash.hexdigest()[:8]}-g{geometry_key}.npz")
     if cache.exists():
         return cache
     pairs = build_pairs(faces.images, names, renders, seed, processes, backgrounds)

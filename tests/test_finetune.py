@@ -158,6 +158,23 @@ def test_crops_cache_follows_the_data_content(tmp_path, monkeypatch):
     assert not np.array_equal(load_pairs(first)["crops"], load_pairs(second)["crops"])
 
 
+def test_crops_cache_follows_the_crop_geometry(tmp_path, monkeypatch):
+    """A new crop margin for a detector is a new cache file, not the crops cut the old way.
+    (The crops themselves are cut in spawned workers, which import the shipped geometry, so this
+    checks the key: the file the next run would reuse.)"""
+    from core.preprocess import DETECTOR_CROPS, CropGeometry
+    from emojimation.finetune import prepare_pairs
+
+    monkeypatch.setenv("EMOJIMATION_CACHE", str(tmp_path / "cache"))
+    data = build_small_fer(tmp_path, {e: 1 for e in EMOTIONS})
+    first = prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1)
+    monkeypatch.setitem(DETECTOR_CROPS, "haar", CropGeometry(margin=0.2, shift_y=0.0))
+    second = prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1)
+    assert second != first and first.exists() and second.exists()
+    monkeypatch.setitem(DETECTOR_CROPS, "haar", CropGeometry(margin=0.0, shift_y=0.0))
+    assert prepare_pairs(data.split_root, "train", ["haar"], renders=1, seed=0, processes=1) == first
+
+
 def test_renders_use_real_backgrounds_and_new_light(tmp_path):
     """Half the renders (here all: share 1.0) sit on a window of a real picture, and the pasted
     face is lit anew: a gain and a gradient across it."""
