@@ -44,17 +44,19 @@ from core.boxes import iou_matrix
 from core.emotions import EMOTIONS
 from core.model_io import EmotionModel, EnsembleModel, default_model, load_model
 from core.preprocess import DETECTOR_CROPS, CropGeometry, face_input, frame_bgr
+from ingest.media import ffmpeg_video_args, frame_shape
 from training.data import load_folder
 
 
 def decode(path: Path, width: int = 640, height: int = 360) -> np.ndarray:
-    """Every frame as BGR, as the pipeline sees it: ffmpeg decodes to I420 (ingest's pixel
-    format) and `frame_bgr` converts it, as the detector does (ffmpeg's own BGR differs by a
-    level or two, which tipped a few near-tie crops)."""
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "yuv420p", "pipe:"],
+    """Every frame as BGR, as the pipeline sees it: ingest's own ffmpeg command (I420) and the
+    detector's conversion, `frame_bgr` (ffmpeg's BGR differs by a level or two, which tipped a
+    few near-tie crops)."""
+    size = (width, height)
+    raw = subprocess.run(ffmpeg_video_args(str(path), None, size, size, pixels="i420"),
                          capture_output=True, check=True).stdout
-    planes = np.frombuffer(raw, np.uint8).reshape(-1, height * 3 // 2, width, 1)
-    return np.stack([frame_bgr(picture, "i420") for picture in planes])
+    pictures = np.frombuffer(raw, np.uint8).reshape(-1, *frame_shape(size, "i420"))
+    return np.stack([frame_bgr(picture, "i420") for picture in pictures])
 
 
 def run_pipeline(clip: Path, detector: str, home: Path, detect_every: int = 1, search_every: int = 1) -> pd.DataFrame:

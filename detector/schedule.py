@@ -101,9 +101,11 @@ class ScheduledDetector:
         if self.every == 1:  # every frame detected: no schedule, no state
             return (*self.detector.detect(image), True)
         thumb = _thumbnail(image)
-        steps = frame_index - state.frame_index if state is not None else 0
-        predicted = _clip(state.boxes + state.velocity * steps, image.shape) if state is not None else None
-        if state is None or self._due(state, frame_index, thumb, image.shape, predicted):
+        if state is None:
+            return (*self._full(stream, state, frame_index, image, thumb), True)
+        steps = frame_index - state.frame_index
+        predicted = _clip(state.boxes + state.velocity * steps, image.shape)
+        if self._due(state, frame_index, thumb, image.shape, predicted):
             return (*self._full(stream, state, frame_index, image, thumb), True)
         if steps < self.search_every and (state.peak >= LOST_FACE_SCORE).all():
             # Carried by velocity alone; the state stays at the last search. Only clear faces: a
