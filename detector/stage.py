@@ -14,7 +14,7 @@ from core.messages import End, Faces, Frame, FrameGroup, Message, header
 from core.preprocess import DETECTOR_CROPS, INPUT_SIZE, CropGeometry, face_input
 from core.runtime import StageIO, running
 from detector.backends import make_detector
-from detector.schedule import ScheduledDetector
+from detector.schedule import CANDIDATE_SCORE, ScheduledDetector
 from detector.search import StillSearch
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     cv2.setNumThreads(config.threads)
     backend = make_detector(config.detector, config.min_score, config.min_face, config.threads)
-    detector = ScheduledDetector(backend, config.detect_every, search_every=config.search_every)
+    # A threshold the user set holds for the full detections too; by default they also take the
+    # weaker candidates that a close window confirms (detector/schedule.py).
+    candidates = CANDIDATE_SCORE if config.min_score is None else config.min_score
+    detector = ScheduledDetector(backend, config.detect_every, search_every=config.search_every,
+                                 candidate_score=candidates)
     still_search = StillSearch.for_detector(config.detector, backend, config.threads)
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:

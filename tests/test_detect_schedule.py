@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import detector.schedule as schedule
+import detector.search as search
 from bench.synthetic import background, paste, require_shared_data, val_faces
 from detector.backends import make_detector
 from detector.schedule import ScheduledDetector
@@ -150,12 +151,52 @@ def test_a_followed_face_a_full_detection_misses_is_kept(face, monkeypatch, carr
         return frame_with(face, x=300 + (160 - size) // 2, y=100 + (160 - size) // 2, size=size)
 
     assert len(make_detector("blazeface").detect(frame(80))[0]) == 0  # the full detection misses it
-    detector = ScheduledDetector(make_detector("blazeface"), every=K)
+    # (without the weak candidates a close window confirms: those find it, next test)
+    detector = ScheduledDetector(make_detector("blazeface"), every=K, candidate_score=None)
     runs = [detector.detect("s", i, frame(size)) for i, size in enumerate(sizes)]
     assert [full for _, _, full in runs][:K + 1] == [True] + [False] * (K - 1) + [True]
     found = [len(boxes) for boxes, _, _ in runs]
     assert found[:K] == [1] * K
     assert found[K:] == ([1] * (K + 1) if carry else [0] * (K + 1))
+
+
+def test_a_weak_candidate_confirmed_in_a_close_window_is_a_face(face):
+    """The 80-pixel face of the test above: BlazeFace's pass over the 640x360 frame scores it
+    under its threshold (0.5), so a full detection without candidates finds nothing. As a
+    candidate (0.3 or more) it is searched for in a close window, which scores it 0.7 or more:
+    found, with the close window's box on the face. A frame without a face stays empty."""
+    picture = frame_with(face, x=340, y=140, size=80)
+    backend = make_detector("blazeface")
+    assert len(backend.detect(picture)[0]) == 0
+    weak = backend.detect(picture, min_score=schedule.CANDIDATE_SCORE)
+    assert len(weak[0]) and weak[1].max() < 0.5
+    assert len(ScheduledDetector(backend, every=K, candidate_score=None).detect("s", 0, picture)[0]) == 0
+    boxes, scores, full = ScheduledDetector(backend, every=K).detect("s", 0, picture)
+    assert full and len(boxes) == 1 and scores[0] >= schedule.CONFIRM_SCORE
+    assert iou_matrix([(340, 140, 80, 80)], boxes)[0, 0] > 0.5
+    assert len(ScheduledDetector(backend, every=K).detect("t", 0, frame_with(None))[0]) == 0
+
+
+def test_a_face_the_wide_window_misses_is_searched_for_in_a_close_one():
+    """A fear face (FER2013 val, drawn by seed 3) pasted at 80 pixels: the local search's wide
+    window (2.5 times the box) finds nothing at the detector's threshold, the close one (1.6)
+    finds it, and `search_around` tries the close one only then."""
+    fear = val_faces(3, seed=3)[6]
+    assert fear[1] == 2
+    picture = frame_with(fear[0], x=240, y=100, size=80)
+    box = np.asarray([240, 100, 80, 80], np.float32)
+    backend = make_detector("blazeface")
+    assert search.search_window(backend, picture, box, search.SEARCH_SCALE)[0] is None
+    calls = []
+    counting = type("Counting", (), {"detect": lambda _, image, min_score=None: calls.append(image.shape)
+                                     or backend.detect(image, min_score)})()
+    found, score = search.search_around(counting, picture, box)
+    assert found is not None and score >= 0.5 and iou_matrix([box], [found])[0, 0] >= search.SAME_FACE_IOU
+    assert [shape[0] for shape in calls] == [round(2.5 * 80), round(search.CLOSE_SCALE * 80)]
+    calls.clear()
+    happy = frame_with(val_faces(3, seed=3)[9][0], x=240, y=100, size=160)
+    assert search.search_around(counting, happy, np.asarray([240, 100, 160, 160], np.float32))[0] is not None
+    assert len(calls) == 1  # found in the wide window: no second call
 
 
 def test_every_one_detects_every_frame(face):
