@@ -130,7 +130,9 @@ class IngestConfig(StageLinks):
 @dataclass
 class DetectorConfig(StageLinks):
     detector: str = DEFAULT_DETECTOR
-    min_score: float | None = None  # None = the detector's measured default
+    # None = the detector's measured default, plus weaker candidates that a close window
+    # confirms (detector/schedule.py); a value set here is the only threshold.
+    min_score: float | None = None
     min_face: int = 24  # pixels in the (possibly downscaled) frame
     margin: float | None = None  # crop margin; None = the preprocessing default
     threads: int = 1

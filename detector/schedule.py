@@ -1,11 +1,13 @@
 """Detection on a schedule: the full detector every K-th frame, faces followed in between.
 
 A full detection (BlazeFace's letterboxed pass plus tiles on wide frames: about three model
-calls on a resized copy of the whole frame) is the detector stage's whole cost. Between two of
-them a face moves little, so each box is carried forward by its own velocity and then refined
-by a local search: the same detector runs once on a square window around the predicted box
-(2.5 times its size, resized to the model's input: one small call per face), and the box it
-finds there replaces the prediction. A weak box not found there is dropped (most are false
+calls on a resized copy of the whole frame) is the detector stage's whole cost; it also takes
+weak boxes as candidates, each kept only if a close window around it scores a face clearly
+(`_candidates`, CANDIDATE_SCORE below). Between two of them a face moves little, so each box
+is carried forward by its own velocity and then refined by a local search: the same detector
+runs on a square window around the predicted box (2.5 times its size, resized to the model's
+input: one small call per face; a closer window, 1.6 times, when that finds nothing), and the
+box it finds there replaces the prediction. A weak box not found there is dropped (most are false
 boxes); a clear face lost calls a full detection. Every frame still gets its own crops, cut where
 the face now is. With `search_every` N > 1 the local search runs on every N-th frame only, and
 the frames between get each box carried by its velocity alone (no model call).
@@ -53,15 +55,15 @@ CHANGE_THRESHOLD = 0.05
 # 0.50-0.60, 36 were false (33 not found again) and 28 true (12 not found again); of those scored
 # 0.60-0.75, 2 false (both found again) and 144 true (12 not found again), so the check stops at 0.6.
 CONFIRM_BELOW = 0.6
-# A full detection also takes the detector's boxes down to this score as candidates, and keeps one
-# under the detector's own threshold only if a close window around it (detector/search.py,
+# A full detection also takes the detector's boxes down to CANDIDATE_SCORE, and keeps one under
+# the detector's own threshold only if a close window around it (detector/search.py,
 # CLOSE_SCALE) scores a face there CONFIRM_SCORE or more; the close window's box and score then
 # replace the candidate's. A face that fills little of a full detection's input (a tight crop:
 # no hair, ears or chin) scores low there and high in a close window, while most false boxes
-# (hands, hair, textures) do not rise. Measured on three composed clips (2,520 face frames) and
-# megamind.avi (docs/benchmarks.md, section 12): faces found in 89.4 % of the frames without the
-# candidates, 93.9 % with them at CONFIRM_SCORE 0.7, 95.6 % at 0.6 and 0.65's 94.8 %; at 0.6 a
-# hand holding a glass and a shoulder in megamind.avi were confirmed too, at 0.7 neither.
+# (hands, hair, textures) do not rise. Measured on three composed clips (2,520 face frames;
+# docs/benchmarks.md, section 12): faces found in 89.4 % of frames without candidates; with
+# them 93.9 % at CONFIRM_SCORE 0.7, 94.8 % at 0.65, 95.6 % at 0.6. At 0.6 a shoulder and two
+# hands holding a glass in megamind.avi were confirmed as faces; at 0.7 none.
 CANDIDATE_SCORE = 0.3
 CONFIRM_SCORE = 0.7
 # A face the local search loses calls a full detection when its last score was at least this;
