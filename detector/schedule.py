@@ -113,7 +113,7 @@ class ScheduledDetector:
     def detect(self, stream: str, frame_index: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(boxes, scores, full): `full` says whether the detector ran on this frame."""
         state = self.streams.get(stream)
-        if self.every == 1:  # every frame detected: no schedule, no state
+        if self.every == 1:  # every frame a full detection (candidates and checks included): no state
             return (*self._candidates(image), True)
         thumb = _thumbnail(image)
         if state is None:
@@ -126,8 +126,9 @@ class ScheduledDetector:
             # Carried by velocity alone; the state stays at the last search. Only clear faces: a
             # weak box must be found again by a search on every frame, or be dropped at once.
             return predicted, state.scores.copy(), False
-        found = [search_around(self.detector, image, box,
-                               min_score=FOLLOW_MIN_SCORE if peak >= LOST_FACE_SCORE else None)
+        # A weak box gets its close second look at the bar a new candidate must pass.
+        found = [search_around(self.detector, image, box, FOLLOW_MIN_SCORE, FOLLOW_MIN_SCORE)
+                 if peak >= LOST_FACE_SCORE else search_around(self.detector, image, box, None, CONFIRM_SCORE)
                  for box, peak in zip(predicted, state.peak)]
         lost = [i for i, (box, _) in enumerate(found) if box is None]
         if lost and state.peak[lost].max() >= LOST_FACE_SCORE:  # a clear face lost: look at the whole frame
@@ -176,15 +177,20 @@ class ScheduledDetector:
         return boxes, scores
 
     def _candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A full detection's boxes. The detector's pass at `candidate_score`; then a box scored
-        under CONFIRM_BELOW is kept only if a local search finds it again (a false box that every
-        full detection finds again would otherwise give one row every K frames, a "track" with
-        holes), and a box under the detector's own threshold only if a close window around it
-        scores it CONFIRM_SCORE or more (its box then replaces the candidate's)."""
-        boxes, scores = self.detector.detect(image, min_score=self.candidate_score)
+        """A full detection's boxes. The detector's pass, at `candidate_score` when that is under
+        the detector's own threshold; then a box under the threshold is kept only if a close
+        window around it scores a face there CONFIRM_SCORE or more (its box and score then
+        replace the candidate's), and a box under CONFIRM_BELOW only if a local search finds it
+        again (a false box that every full detection finds again would otherwise give one row
+        every K frames, a "track" with holes)."""
+        threshold = getattr(self.detector, "min_score", None)  # Haar has none: no candidates
+        if self.candidate_score is not None and threshold is not None and self.candidate_score < threshold:
+            boxes, scores = self.detector.detect(image, min_score=self.candidate_score)
+        else:
+            boxes, scores = self.detector.detect(image)
+            threshold = 0.0
         if not (scores < CONFIRM_BELOW).any():
             return boxes, scores
-        threshold = getattr(self.detector, "min_score", 0.0)
         kept_boxes, kept_scores = [], []
         for box, score in zip(boxes, scores):
             if score < threshold:
@@ -196,7 +202,7 @@ class ScheduledDetector:
             kept_boxes.append(box)
             kept_scores.append(score)
         boxes, scores = np.asarray(kept_boxes, np.float32).reshape(-1, 4), np.asarray(kept_scores, np.float32)
-        keep = suppress_overlaps(boxes, scores, 0.3)
+        keep = suppress_overlaps(boxes, scores, 0.3)  # a replaced box can land on another face's
         return boxes[keep].reshape(-1, 4), scores[keep]
 
     def _carry_missed(self, state: StreamState, frame_index: int, image: np.ndarray, boxes: np.ndarray,
@@ -219,7 +225,7 @@ class ScheduledDetector:
         matched[searched] = True  # already searched for on this frame, in vain
         carried = []
         for i in np.flatnonzero(~matched & (state.peak >= LOST_FACE_SCORE) & (state.missed < MAX_MISSED_DETECTIONS)):
-            box, score = search_around(self.detector, image, predicted[i], min_score=FOLLOW_MIN_SCORE)
+            box, score = search_around(self.detector, image, predicted[i], FOLLOW_MIN_SCORE, FOLLOW_MIN_SCORE)
             if box is not None and not (len(boxes) and iou_matrix(box[None], boxes).max() >= SAME_FACE_IOU):
                 carried.append((box, score, state.velocity[i], state.peak[i], state.missed[i] + 1))
         if not carried:

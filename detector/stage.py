@@ -70,15 +70,19 @@ def _detect_one(detector: ScheduledDetector, frame: Frame, geometry: CropGeometr
         return Faces(**header(frame), frame_index=frame.frame_index, error=str(error))
 
 
+def candidate_score(config: DetectorConfig) -> float | None:
+    """The schedule's candidate threshold (detector/schedule.py): only for BlazeFace short range,
+    the one detector it was measured with, and only at its default threshold (a threshold the
+    user set is the only one)."""
+    return CANDIDATE_SCORE if config.detector == "blazeface" and config.min_score is None else None
+
+
 def run(config: DetectorConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     cv2.setNumThreads(config.threads)
     backend = make_detector(config.detector, config.min_score, config.min_face, config.threads)
-    # A threshold the user set holds for the full detections too; by default they also take the
-    # weaker candidates that a close window confirms (detector/schedule.py).
-    candidates = CANDIDATE_SCORE if config.min_score is None else config.min_score
     detector = ScheduledDetector(backend, config.detect_every, search_every=config.search_every,
-                                 candidate_score=candidates)
+                                 candidate_score=candidate_score(config))
     still_search = StillSearch.for_detector(config.detector, backend, config.threads)
     geometry = DETECTOR_CROPS[config.detector]
     if config.margin is not None:

@@ -14,7 +14,9 @@ import detector.schedule as schedule
 import detector.search as search
 from bench.synthetic import background, paste, require_shared_data, val_faces
 from detector.backends import make_detector
+from core.config import DetectorConfig
 from detector.schedule import ScheduledDetector
+from detector.stage import candidate_score
 from core.boxes import iou_matrix
 from test_pipeline import analyse, clips, ffprobe_frames  # noqa: F401 (the clips fixture)
 
@@ -174,7 +176,27 @@ def test_a_weak_candidate_confirmed_in_a_close_window_is_a_face(face):
     boxes, scores, full = ScheduledDetector(backend, every=K).detect("s", 0, picture)
     assert full and len(boxes) == 1 and scores[0] >= schedule.CONFIRM_SCORE
     assert iou_matrix([(340, 140, 80, 80)], boxes)[0, 0] > 0.5
-    assert len(ScheduledDetector(backend, every=K).detect("t", 0, frame_with(None))[0]) == 0
+    empty = frame_with(None)
+    assert len(backend.detect(empty, min_score=schedule.CANDIDATE_SCORE)[0])  # weak boxes on the background ...
+    assert len(ScheduledDetector(backend, every=K).detect("t", 0, empty)[0]) == 0  # ... none confirmed
+    assert len(ScheduledDetector(backend, every=1).detect("u", 0, picture)[0]) == 1  # every frame: the same
+
+
+def test_candidates_only_for_blazeface_short_range_at_its_own_threshold():
+    """The candidates were measured with BlazeFace short range only; a threshold the user sets
+    is the only one; Haar, which has no threshold to go under, detects as before."""
+    assert candidate_score(DetectorConfig()) == schedule.CANDIDATE_SCORE
+    assert candidate_score(DetectorConfig(min_score=0.6)) is None
+    assert candidate_score(DetectorConfig(detector="blazeface-full")) is None
+    assert candidate_score(DetectorConfig(detector="haar")) is None
+    haar = make_detector("haar")
+    picture = frame_with(val_faces(1, seed=3)[3][0], x=240, y=100, size=160)
+    plain = haar.detect(picture)
+    boxes, scores, _ = ScheduledDetector(haar, every=1).detect("s", 0, picture)
+    confident = plain[0][plain[1] >= schedule.CONFIRM_BELOW]
+    assert len(confident) >= 1
+    for box in confident:  # Haar's confident boxes come through untouched
+        assert any(np.array_equal(box, kept) for kept in boxes)
 
 
 def test_a_face_the_wide_window_misses_is_searched_for_in_a_close_one():
@@ -190,6 +212,8 @@ def test_a_face_the_wide_window_misses_is_searched_for_in_a_close_one():
     calls = []
     counting = type("Counting", (), {"detect": lambda _, image, min_score=None: calls.append(image.shape)
                                      or backend.detect(image, min_score)})()
+    assert search.search_around(counting, picture, box, None, 0.99)[0] is None  # the close window's own bar
+    calls.clear()
     found, score = search.search_around(counting, picture, box)
     assert found is not None and score >= 0.5 and iou_matrix([box], [found])[0, 0] >= search.SAME_FACE_IOU
     assert [shape[0] for shape in calls] == [round(2.5 * 80), round(search.CLOSE_SCALE * 80)]
