@@ -14,6 +14,7 @@ labels: compare settings side by side). The schedule's settings are module const
 flags override them for an experiment.
 
     .venv/bin/python -m bench.schedule_recall [--seeds 7 11 13] [--slots 5 6 --slot-px 200 260]
+        [--detector blazeface] [--every 5] [--search-every 2]
         [--videos megamind wolfgang] [--candidate 0.3] [--confirm-score 0.7] [--close-scale 1.6]
 """
 
@@ -128,7 +129,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--search-every", type=int, default=2)
     parser.add_argument("--candidate", type=float, default=schedule.CANDIDATE_SCORE,
-                        help="full detections' candidate threshold (the detector's own: no candidates)")
+                        help="full detections' candidate threshold (the detector's own: no candidates, "
+                             "though the close second look stays; the pipeline takes candidates with "
+                             "blazeface only)")
     parser.add_argument("--confirm-score", type=float, default=schedule.CONFIRM_SCORE)
     parser.add_argument("--close-scale", type=float, default=search.CLOSE_SCALE)
     parser.add_argument("--work", type=Path, default=Path("/tmp/emojimation-schedule-recall"))

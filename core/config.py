@@ -131,7 +131,8 @@ class IngestConfig(StageLinks):
 class DetectorConfig(StageLinks):
     detector: str = DEFAULT_DETECTOR
     # None = the detector's measured default (BlazeFace short range also takes weaker candidates
-    # that a close window confirms: detector/schedule.py); a value set here is the only threshold.
+    # that a close window confirms: detector/schedule.py); a value set here is the full detections'
+    # only threshold.
     min_score: float | None = None
     min_face: int = 24  # pixels in the (possibly downscaled) frame
     margin: float | None = None  # crop margin; None = the preprocessing default

@@ -62,8 +62,9 @@ CONFIRM_BELOW = 0.6
 # no hair, ears or chin) scores low there and high in a close window, while most false boxes
 # (hands, hair, textures) do not rise. Measured on three composed clips (2,520 face frames;
 # docs/benchmarks.md, section 12): faces found in 89.4 % of frames without candidates; with
-# them 93.9 % at CONFIRM_SCORE 0.7, 94.8 % at 0.65, 95.6 % at 0.6. At 0.6 a shoulder and two
-# hands holding a glass in megamind.avi were confirmed as faces; at 0.7 none.
+# them 93.2 % at CONFIRM_SCORE 0.7 and 95.2 % at 0.6. At 0.6 a shoulder and two hands holding
+# a glass in megamind.avi were confirmed as faces; at 0.7 none. CONFIRM_SCORE is also the bar
+# of a weak followed box's close second look (`detect`).
 CANDIDATE_SCORE = 0.3
 CONFIRM_SCORE = 0.7
 # A face the local search loses calls a full detection when its last score was at least this;
@@ -73,7 +74,8 @@ CONFIRM_SCORE = 0.7
 LOST_FACE_SCORE = 0.75
 # A clear face (once scored LOST_FACE_SCORE or more) being followed is searched for with this
 # score threshold, lower than a full detection's (0.5): the window is small and the face was in
-# it a frame ago. Weaker boxes keep the detector's own threshold: at 0.3 for every box, false
+# it a frame ago. Weaker boxes keep the detector's own threshold (in the close window:
+# CONFIRM_SCORE): at 0.3 for every box, false
 # ones (a hand, hair) lived on for a few frames on the 1280x720 clip. Measured on the
 # frames of three composed clips where the pipeline had lost the pasted face, a window around
 # the face scored it 0.3 or more in 47 % of them (0.5 or more: 20 %); on the frames where it was
@@ -113,7 +115,9 @@ class ScheduledDetector:
     def detect(self, stream: str, frame_index: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """(boxes, scores, full): `full` says whether the detector ran on this frame."""
         state = self.streams.get(stream)
-        if self.every == 1:  # every frame a full detection (candidates and checks included): no state
+        # Every frame a full detection, with its candidates and checks (before the candidates,
+        # K=1 returned the detector's raw boxes): no state.
+        if self.every == 1:
             return (*self._candidates(image), True)
         thumb = _thumbnail(image)
         if state is None:

@@ -2,7 +2,8 @@
 
 Two users:
   - the detection schedule (detector/schedule.py) follows a face from frame to frame by
-    searching a window around where it was (`search_window`);
+    searching a window around where it was (`search_window`, and a closer one when that
+    finds nothing: `search_around`);
   - still pictures (photos, image folders) get a thorough search (`detect_still`): every face,
     small ones and ones cut by the picture's edge included, and no false box. Time matters
     little there (one picture, not 30 a second), so the detector runs on tiles at several scales,
@@ -36,9 +37,9 @@ SAME_FACE_IOU = 0.3
 # longer side): BlazeFace short range was trained on faces that fill much of its input, and a
 # tight face crop (FER2013's) scores far higher when it does. Median score of 126 FER2013 faces
 # pasted at 170 pixels, over their frames: 0.5 or more in 109 of them in a 2.5x window, 123 at
-# 1.8x, 124 at 1.4x. Through the schedule (the same clips, 2,520 face frames) a close window of
-# 1.4x found the face in 93.3 % of frames, 1.6x in 93.9 %, 1.8x in 93.7 % (docs/benchmarks.md,
-# section 12).
+# 1.8x, 124 at 1.4x. Through the schedule's first version (the same clips, 2,520 face frames)
+# a close window of 1.4x found the face in 93.3 % of frames, 1.6x in 93.9 %, 1.8x in 93.7 %
+# (docs/benchmarks.md, section 12; the shipped schedule at 1.6x: 93.2 %).
 CLOSE_SCALE = 1.6
 # Still pictures: tiles at each scale overlap by half their side, so every face smaller than
 # half a tile is whole in one of them; a box cut by a tile's inner edge is a part of a face and

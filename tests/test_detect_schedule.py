@@ -184,7 +184,8 @@ def test_a_weak_candidate_confirmed_in_a_close_window_is_a_face(face):
 
 def test_candidates_only_for_blazeface_short_range_at_its_own_threshold():
     """The candidates were measured with BlazeFace short range only; a threshold the user sets
-    is the only one; Haar, which has no threshold to go under, detects as before."""
+    is the only one; Haar, which has no threshold to go under, takes none, and its confident
+    boxes come through a full detection untouched."""
     assert candidate_score(DetectorConfig()) == schedule.CANDIDATE_SCORE
     assert candidate_score(DetectorConfig(min_score=0.6)) is None
     assert candidate_score(DetectorConfig(detector="blazeface-full")) is None
