@@ -35,7 +35,7 @@ import numpy as np
 
 from core.boxes import iou_matrix
 from detector.backends import FaceDetector, shrink, suppress_overlaps
-from detector.search import CLOSE_SCALE, SAME_FACE_IOU, search_around, search_window
+from detector.search import CLOSE_SCALE, SAME_FACE_IOU, confirmed, search_around, search_window
 
 THUMB_WIDTH = 64
 # A thumbnail pixel "changed" when its grey level moved by more than this (0-255; the thumbnail
@@ -201,7 +201,7 @@ class ScheduledDetector:
                 box, score = search_window(self.detector, image, box, CLOSE_SCALE, CONFIRM_SCORE)
                 if box is None:
                     continue
-            elif score < CONFIRM_BELOW and search_window(self.detector, image, box)[0] is None:
+            elif score < CONFIRM_BELOW and not confirmed(self.detector, image, box):
                 continue
             kept_boxes.append(box)
             kept_scores.append(score)
